@@ -1,0 +1,102 @@
+"""Video data pipeline: decoding, annotation lists, sampling, transforms, datasets and metrics.
+
+Clips use the (C, T, H, W) layout throughout; see :mod:`videomap.data.transforms`.
+"""
+
+from .annotations import AnnotationEntry, parse_annotation_line, read_annotations
+from .dataset import (
+    BadDataError,
+    BadSample,
+    BadSampleRegistry,
+    VideoClsDataset,
+    format_bad_samples,
+    sample_seed,
+)
+from .decode import (
+    DecordVideoReader,
+    FrameFolderReader,
+    PyAVVideoReader,
+    VideoDecodeError,
+    VideoInfo,
+    VideoSource,
+    count_frames,
+    decode_frames,
+    open_video,
+    probe_video,
+)
+from .metrics import AccuracyAccumulator, accuracy, average_view_probs, topk_correct
+from .sampling import as_generator, dense_indices, sample_clip_indices, segment_indices
+from .synthetic import (
+    SYNTHETIC_CLASSES,
+    make_broken_videos,
+    make_synthetic_dataset,
+    render_clip,
+    write_video,
+)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Mixup,
+    RandAugment,
+    RandomErasing,
+    center_crop,
+    hflip,
+    normalize,
+    random_hflip,
+    random_resized_crop,
+    resize,
+    resize_short_side,
+    smooth_one_hot,
+    spatial_crops,
+    three_crop,
+)
+
+__all__ = [
+    "AccuracyAccumulator",
+    "AnnotationEntry",
+    "BadDataError",
+    "BadSample",
+    "BadSampleRegistry",
+    "DecordVideoReader",
+    "FrameFolderReader",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Mixup",
+    "PyAVVideoReader",
+    "RandAugment",
+    "RandomErasing",
+    "SYNTHETIC_CLASSES",
+    "VideoClsDataset",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoSource",
+    "accuracy",
+    "as_generator",
+    "average_view_probs",
+    "center_crop",
+    "count_frames",
+    "decode_frames",
+    "dense_indices",
+    "format_bad_samples",
+    "hflip",
+    "make_broken_videos",
+    "make_synthetic_dataset",
+    "normalize",
+    "open_video",
+    "parse_annotation_line",
+    "probe_video",
+    "random_hflip",
+    "random_resized_crop",
+    "read_annotations",
+    "render_clip",
+    "resize",
+    "resize_short_side",
+    "sample_clip_indices",
+    "sample_seed",
+    "segment_indices",
+    "smooth_one_hot",
+    "spatial_crops",
+    "three_crop",
+    "topk_correct",
+    "write_video",
+]

@@ -1,0 +1,179 @@
+"""AdamW parameter groups (weight-decay exemptions, layer-wise lr decay) and the lr schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+# Parameters whose names contain one of these substrings are never decayed: decaying position
+# embeddings or learned tokens pulls them towards zero for no regularisation benefit.
+NO_DECAY_SUBSTRINGS: tuple[str, ...] = ("pos_embed", "temporal_pos_embedding", "cls_token", "mask_token")
+# State-space parameters of Mamba blocks; matched against the last name component only so that
+# e.g. a module called "Dense" or a parameter "D_proj" is not caught by accident.
+NO_DECAY_LEAF_NAMES: frozenset[str] = frozenset({"A_log", "A_b_log", "D", "D_b"})
+
+
+def _matches_skip(name: str, skip: Iterable[str]) -> bool:
+    return any(name == e or name.endswith("." + e) or name.startswith(e + ".") for e in skip)
+
+
+def is_no_decay(name: str, param: torch.Tensor, skip: Iterable[str] = ()) -> bool:
+    """Whether ``param`` belongs to the zero-weight-decay group.
+
+    1-D (and 0-D) tensors are norms' scales and biases; the named tensors are embeddings,
+    learned tokens and SSM parameters; ``skip`` is the model's own ``no_weight_decay()`` set.
+    """
+    if param.ndim <= 1:
+        return True
+    if any(s in name for s in NO_DECAY_SUBSTRINGS):
+        return True
+    if name.rsplit(".", 1)[-1] in NO_DECAY_LEAF_NAMES:
+        return True
+    return _matches_skip(name, skip)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    extra_no_decay: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into groups keyed by (decay, layer).
+
+    Each group carries ``lr_scale`` (``layer_decay ** (num_layers - 1 - layer_id)``, or 1) so the
+    scheduler can set ``lr = base_lr * lr_scale * factor`` without forgetting the layer scaling.
+    Raises ``ValueError`` if layer decay is requested from a model that cannot say which layer a
+    parameter belongs to.
+    """
+    skip = set(extra_no_decay)
+    if hasattr(model, "no_weight_decay"):
+        skip |= set(model.no_weight_decay())
+    use_layers = layer_decay is not None
+    num_layers = 1
+    if use_layers:
+        if not (hasattr(model, "lr_layer_id") and hasattr(model, "num_lr_layers")):
+            raise ValueError(
+                f"layer_decay={layer_decay} needs the model to define lr_layer_id(name) and "
+                f"num_lr_layers(); {type(model).__name__} does not"
+            )
+        num_layers = int(model.num_lr_layers())
+    groups: dict[tuple[bool, int], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = is_no_decay(name, p, skip)
+        layer = 0
+        scale = 1.0
+        if use_layers:
+            layer = int(model.lr_layer_id(name))
+            if not 0 <= layer < num_layers:
+                raise ValueError(f"lr_layer_id({name!r}) = {layer} is outside [0, {num_layers})")
+            scale = float(layer_decay) ** (num_layers - 1 - layer)
+        key = (no_decay, layer)
+        if key not in groups:
+            groups[key] = {
+                "name": f"layer{layer}_{'no_decay' if no_decay else 'decay'}",
+                "params": [],
+                "param_names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": scale,
+                "layer_id": layer,
+            }
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    layer_decay: float | None = None,
+    extra_no_decay: Iterable[str] = (),
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; every group records ``base_lr = lr * lr_scale``."""
+    groups = param_groups(model, weight_decay, layer_decay, extra_no_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    for g in groups:
+        g["base_lr"] = lr * g["lr_scale"]
+        g["lr"] = g["base_lr"]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def cosine_schedule(
+    step: int,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_factor: float = 0.0,
+    start_factor: float = 0.0,
+) -> float:
+    """Multiplier of the base lr for optimizer step ``step`` (0-based).
+
+    Linear warm-up from ``start_factor`` to 1 over ``warmup_steps`` steps, then a half cosine
+    from 1 down to ``min_factor`` (= min_lr / lr) reached at ``step == total_steps``.
+    """
+    if step < warmup_steps:
+        return start_factor + (1.0 - start_factor) * step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineSchedule:
+    """Per-optimizer-step scheduler writing ``group['lr'] = group['base_lr'] * factor``.
+
+    Stateless apart from the step counter, so resuming only needs ``{"step": n}``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_factor: float = 0.0,
+        start_factor: float = 0.0,
+    ) -> None:
+        self.optimizer = optimizer
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.min_factor = float(min_factor)
+        self.start_factor = float(start_factor)
+        self.step_count = 0
+        for g in optimizer.param_groups:
+            g.setdefault("lr_scale", 1.0)
+            g.setdefault("base_lr", g["lr"])
+
+    def factor(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.warmup_steps, self.min_factor, self.start_factor)
+
+    def apply(self, step: int | None = None) -> float:
+        """Set the lrs for optimizer step ``step`` (default: the next one) and return the factor."""
+        step = self.step_count if step is None else step
+        f = self.factor(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * f
+        return f
+
+    def step(self) -> None:
+        """Advance after an optimizer step."""
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_factor": self.min_factor,
+            "start_factor": self.start_factor,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Only the position is restored: the shape of the schedule comes from the current config.
+        self.step_count = int(state["step"])

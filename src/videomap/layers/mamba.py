@@ -1,0 +1,97 @@
+"""Bidirectional Mamba mixer ("bimamba v2", the layout of VideoMamba checkpoints).
+
+Parameter names and shapes follow the released VideoMamba weights so that their
+``layers.N.mixer.*`` tensors load with ``strict=True``. The backward direction has its own
+conv / projections / SSM parameters (``*_b``) and shares ``in_proj`` and ``out_proj``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class BiMamba(nn.Module):
+    """Mamba-1 mixer scanning the sequence forwards and backwards.
+
+    ``merge="sum"`` adds the two directions as VideoMamba does; ``merge="mean"`` halves the sum
+    (Vim / MAP) which keeps activations smaller under reduced precision.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 bidirectional: bool = True, merge: str = "sum") -> None:
+        super().__init__()
+        if merge not in ("sum", "mean"):
+            raise ValueError(f"merge must be 'sum' or 'mean', got {merge!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.bidirectional = bidirectional
+        self.merge = merge
+        e = self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+        directions = ("", "_b") if bidirectional else ("",)
+        for sfx in directions:
+            conv = nn.Conv1d(e, e, kernel_size=d_conv, groups=e, padding=d_conv - 1, bias=conv_bias)
+            x_proj = nn.Linear(e, self.dt_rank + 2 * d_state, bias=False)
+            dt_proj = nn.Linear(self.dt_rank, e, bias=True)
+            # dt initialisation of Mamba: weights ~ U(+-rank^-0.5), bias = softplus^-1(dt), dt log-uniform
+            nn.init.uniform_(dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+            dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            with torch.no_grad():
+                dt_proj.bias.copy_(_inverse_softplus(dt.clamp(min=dt_init_floor)))
+            dt_proj.bias._no_reinit = True  # model-level init must not wipe it
+            a_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))
+            d = nn.Parameter(torch.ones(e))
+            a_log._no_weight_decay = True
+            d._no_weight_decay = True
+            setattr(self, f"conv1d{sfx}", conv)
+            setattr(self, f"x_proj{sfx}", x_proj)
+            setattr(self, f"dt_proj{sfx}", dt_proj)
+            setattr(self, "A_log" if sfx == "" else "A_b_log", a_log)
+            setattr(self, f"D{sfx}", d)
+
+    def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+        """One Mamba pass over (B, E, L) inputs; returns the gated SSM output (B, E, L)."""
+        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
+        x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
+        a_log = self.A_log if sfx == "" else self.A_b_log
+        d = getattr(self, f"D{sfx}")
+        length = x.shape[-1]
+        x = F.silu(conv(x)[..., :length])  # causal: left context only
+        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias goes into the scan as delta_bias
+        a = -torch.exp(a_log.float())
+        return ops.selective_scan(
+            x, dt, a, b.transpose(1, 2), c.transpose(1, 2), d.float(), z=z,
+            delta_bias=dt_proj.bias.float(), delta_softplus=True,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model)."""
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)
+        y = self._direction(x, z, "")
+        if self.bidirectional:
+            y_b = self._direction(x.flip(-1), z.flip(-1), "_b").flip(-1)
+            y = y + y_b
+            if self.merge == "mean":
+                y = y * 0.5
+        return self.out_proj(y.transpose(1, 2))

@@ -1,0 +1,163 @@
+"""Shared video tokenisation, masking and head for every backbone.
+
+Token layout (VideoMamba, spatial-first): per frame, patches in row-major order get the spatial
+table ``pos_embed[1:]``; each frame gets ``temporal_pos_embedding[t]``; one cls token
+(``cls_token + pos_embed[0]``) goes at the very front:
+``[CLS, frame0 (h*w), frame1 (h*w), ...]``.
+
+Masking (for pre-training): ``mask`` is a bool (B, t*h*w) tensor, True = hidden, with the same
+number of hidden tokens per sample. Position embeddings are added before hidden tokens are
+dropped, so the blocks see the visible tokens only, in their original order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from ..layers import PatchEmbed3D, resize_spatial_pos_embed, resize_temporal_pos_embed
+
+
+class VideoBackbone(nn.Module):
+    """Base class: embeddings, input checks, masking and classification head.
+
+    Subclasses implement ``forward_blocks(x) -> normalised tokens`` and ``block_names()``.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, tubelet_size: int = 1,
+                 in_chans: int = 3, num_frames: int = 8, embed_dim: int = 192,
+                 num_classes: int = 400, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if num_frames % tubelet_size:
+            raise ValueError(f"num_frames {num_frames} is not divisible by tubelet_size {tubelet_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        self.in_chans = in_chans
+        self.num_frames = num_frames
+        self.embed_dim = self.num_features = embed_dim
+        self.num_classes = num_classes
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+
+        self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[1] * self.grid[2], embed_dim))
+        self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    # ------------------------------------------------------------------ input and tokens
+    def check_input(self, video: torch.Tensor) -> tuple[int, int, int]:
+        """Validate (B, C, T, H, W) and return the token grid (t, h, w)."""
+        if not isinstance(video, torch.Tensor) or video.ndim != 5:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"video: expected a 5-D tensor (B, {self.in_chans}, T, H, W), got {shape}")
+        _, c, t, h, w = video.shape
+        if c != self.in_chans:
+            raise ValueError(f"video: expected {self.in_chans} channels at dim 1 of (B, C, T, H, W), got {c} "
+                             f"(shape {tuple(video.shape)}); permute (B, T, C, H, W) inputs first")
+        if t % self.tubelet_size:
+            raise ValueError(f"video: frame count T={t} must be divisible by tubelet_size={self.tubelet_size}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"video: H and W ({h}x{w}) must be divisible by patch_size={self.patch_size}")
+        return t // self.tubelet_size, h // self.patch_size, w // self.patch_size
+
+    def pos_embeds_for(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spatial and temporal tables for a token grid, resized on the fly when it differs."""
+        t, h, w = grid
+        spatial = resize_spatial_pos_embed(self.pos_embed, (h, w), old_hw=self.grid[1:])
+        temporal = resize_temporal_pos_embed(self.temporal_pos_embedding, t)
+        return spatial, temporal
+
+    def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> tokens (B, 1 + visible, d) with all position embeddings added."""
+        grid = self.check_input(video)
+        t, h, w = grid
+        x = self.patch_embed(video)  # (B, d, t, h, w)
+        b, d = x.shape[:2]
+        spatial, temporal = self.pos_embeds_for(grid)
+        x = x.flatten(3).permute(0, 2, 3, 1)  # (B, t, h*w, d)
+        x = x + spatial[:, None, 1:].to(x.dtype) + temporal[:, :, None].to(x.dtype)
+        x = x.reshape(b, t * h * w, d)
+        if mask is not None:
+            x = self.drop_masked(x, mask)
+        cls = (self.cls_token + spatial[:, :1]).to(x.dtype).expand(b, -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    @staticmethod
+    def drop_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Keep tokens where ``mask`` is False, preserving order. Equal counts per sample are required."""
+        b, n, d = x.shape
+        if mask.shape != (b, n) or mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected a bool tensor of shape {(b, n)}, got {mask.dtype} {tuple(mask.shape)}")
+        keep = (~mask).sum(1)
+        if not bool((keep == keep[0]).all()):
+            raise ValueError("mask: every sample must hide the same number of tokens")
+        return x[~mask].reshape(b, int(keep[0]), d)
+
+    # ------------------------------------------------------------------ forward API
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_features(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the final norm: (B, 1 + T'*h*w, d), or (B, 1 + visible, d) with a mask."""
+        return self.forward_blocks(self.embed(video, mask))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(features[:, 0])
+        return x if pre_logits else self.head(x)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video))
+
+    # ------------------------------------------------------------------ optimisation helpers
+    def block_names(self) -> list[str]:  # pragma: no cover - abstract
+        """Module-name prefixes of the blocks in execution order (for layer-wise lr decay)."""
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed", "temporal_pos_embedding"}
+
+    def num_lr_layers(self) -> int:
+        return len(self.block_names()) + 2
+
+    def lr_layer_id(self, name: str) -> int:
+        """0 for embeddings, 1..n for blocks in execution order, n+1 for the final norm and head."""
+        if name.startswith(("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed")):
+            return 0
+        for i, prefix in enumerate(self.block_names()):
+            if name.startswith(prefix + "."):
+                return i + 1
+        return self.num_lr_layers() - 1
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write ``config.json`` + ``model.safetensors`` (the Hugging Face hub layout), atomically."""
+        from safetensors.torch import save_file
+
+        directory = os.fspath(directory)
+        config = getattr(self, "model_config", None)
+        if not config:
+            raise ValueError("save_pretrained needs a model built by videomap.create_model (no model_config)")
+        os.makedirs(directory, exist_ok=True)
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = os.path.join(directory, ".model.safetensors.tmp")
+        save_file(sd, tmp, metadata={"format": "pt"})
+        os.replace(tmp, os.path.join(directory, "model.safetensors"))
+        tmp = os.path.join(directory, ".config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"library": "videomap", **config}, f, indent=1)
+        os.replace(tmp, os.path.join(directory, "config.json"))
+        return directory
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)

@@ -1,0 +1,75 @@
+"""Model registry: architecture definitions as data, built by :func:`create_model`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .videomamba import VideoMamba
+from .vit import VisionTransformer
+
+# name -> (class, architecture kwargs). Sizes: see docs/models.md for the parameter counts.
+MODEL_DEFS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    # VideoMamba (pure SSM), spatial-first bidirectional scan
+    "videomamba_tiny": (VideoMamba, dict(depth=24, embed_dim=192)),
+    "videomamba_small": (VideoMamba, dict(depth=24, embed_dim=384)),
+    "videomamba_middle": (VideoMamba, dict(depth=32, embed_dim=576)),
+    # VideoHybrid (VideoMAP): a Transformer block after every 4 Mamba layers
+    "videomap_tiny": (VideoMamba, dict(depth=24, embed_dim=192, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_small": (VideoMamba, dict(depth=24, embed_dim=384, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_middle": (VideoMamba, dict(depth=32, embed_dim=576, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_base": (VideoMamba, dict(depth=32, embed_dim=768, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_large": (VideoMamba, dict(depth=32, embed_dim=1024, attn_every=4, attn_mlp_ratio=2.0)),
+    # joint space-time attention baselines
+    "vit_tiny": (VisionTransformer, dict(depth=12, embed_dim=192, num_heads=3)),
+    "vit_base": (VisionTransformer, dict(depth=12, embed_dim=768, num_heads=12)),
+}
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """Registered model names containing ``pattern``."""
+    return sorted(n for n in MODEL_DEFS if pattern in n)
+
+
+def model_kwargs(name: str, **overrides: Any) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The class and the full constructor kwargs for a registered name plus overrides."""
+    if name not in MODEL_DEFS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    cls, arch = MODEL_DEFS[name]
+    return cls, {**arch, **overrides}
+
+
+def create_model(name: str, num_classes: int = 400, num_frames: int = 8, img_size: int = 224,
+                 drop_path_rate: float = 0.0, pretrained: str | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model; ``pretrained`` is a checkpoint path (safetensors or PyTorch file,
+    or a directory written by ``save_pretrained``) loaded with position embeddings resized."""
+    cls, kwargs = model_kwargs(name, num_classes=num_classes, num_frames=num_frames, img_size=img_size,
+                               drop_path_rate=drop_path_rate, **overrides)
+    model = cls(**kwargs)
+    model.model_name = name
+    model.model_config = {"name": name, **kwargs}
+    if pretrained:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, pretrained, strict=False)
+    return model
+
+
+def from_pretrained(directory: str, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a ``save_pretrained`` directory (config.json + model.safetensors)."""
+    import json
+    import os
+
+    cfg_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{directory}: no config.json (expected a directory written by save_pretrained)")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    config.pop("library", None)
+    name = config.pop("name")
+    model = create_model(name, **{**config, **overrides})
+    from .checkpoint import load_checkpoint
+
+    load_checkpoint(model, directory, strict=True)
+    return model

@@ -1,0 +1,101 @@
+"""VideoMamba (pure bidirectional Mamba) and VideoHybrid (VideoMAP: one Transformer block after
+every ``attn_every`` Mamba layers) share this one class.
+
+Mamba blocks are ``layers.N`` exactly as in VideoMamba checkpoints; Transformer blocks of the
+hybrid are ``attn_layers.K`` so the Mamba part keeps VideoMamba's indices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..layers import DropPath, MambaBlock, RMSNorm, TransformerBlock, drop_path_rates
+from .base import VideoBackbone
+
+
+class VideoMamba(VideoBackbone):
+    """Bidirectional-Mamba video backbone, optionally hybrid.
+
+    Args beyond :class:`VideoBackbone`:
+        depth: number of Mamba layers.
+        attn_every: insert a Transformer block after every ``attn_every`` Mamba layers (0 = none).
+        attn_mlp_ratio / attn_head_dim: Transformer block shape (heads = dim / head_dim).
+        merge: "sum" (VideoMamba) or "mean" of the two scan directions.
+        drop_path_rate: stochastic depth, linear from 0 over all blocks in execution order.
+        keep_dt_bias_init: keep Mamba's dt-bias initialisation. VideoMamba's released code
+            re-initialises every Linear bias to zero, which also wipes it; False reproduces that.
+    """
+
+    def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 0,
+                 attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
+                 drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,
+                 keep_dt_bias_init: bool = True, **kwargs) -> None:
+        super().__init__(embed_dim=embed_dim, **kwargs)
+        self.depth = depth
+        self.attn_every = attn_every
+        plan: list[tuple[str, int]] = []
+        for i in range(depth):
+            plan.append(("m", i))
+            if attn_every and (i + 1) % attn_every == 0:
+                plan.append(("a", (i + 1) // attn_every - 1))
+        self._plan = plan
+        dpr = drop_path_rates(drop_path_rate, len(plan))
+
+        # A Mamba block drops the *incoming* branch output (VideoMamba layout), i.e. the previous
+        # block's output at that block's rate; the drop before an attention block / the final norm
+        # is held by the model.
+        in_rate = [0.0] * depth
+        pre_attn_rate: list[float] = []
+        for p, (kind, _) in enumerate(plan):
+            if kind == "m" and p + 1 < len(plan) and plan[p + 1][0] == "m":
+                in_rate[plan[p + 1][1]] = dpr[p]
+            if kind == "a":
+                pre_attn_rate.append(dpr[p - 1])
+        self.layers = nn.ModuleList(
+            MambaBlock(embed_dim, drop_path=in_rate[i], norm_eps=norm_eps, d_state=d_state, merge=merge)
+            for i in range(depth)
+        )
+        attn_pos = [p for p, (kind, _) in enumerate(plan) if kind == "a"]
+        self.attn_layers = nn.ModuleList(
+            TransformerBlock(embed_dim, max(1, embed_dim // attn_head_dim), mlp_ratio=attn_mlp_ratio,
+                             drop_path=dpr[p])
+            for p in attn_pos
+        )
+        self.pre_attn_drop = nn.ModuleList(DropPath(r) for r in pre_attn_rate)
+        self.drop_path = DropPath(dpr[-1] if plan[-1][0] == "m" else 0.0)
+        self.norm_f = RMSNorm(embed_dim, eps=norm_eps)
+        self._init_weights(keep_dt_bias_init)
+
+    def _init_weights(self, keep_dt_bias_init: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None and not (keep_dt_bias_init and getattr(m.bias, "_no_reinit", False)):
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # GPT-2 style: scale residual-branch output projections by 1/sqrt(number of blocks)
+        n = len(self._plan)
+        for name, p in self.named_parameters():
+            if name.endswith(("out_proj.weight", "fc2.weight")):
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                with torch.no_grad():
+                    p /= math.sqrt(n)
+
+    def block_names(self) -> list[str]:
+        return [f"layers.{i}" if kind == "m" else f"attn_layers.{i}" for kind, i in self._plan]
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, residual = x, None
+        for kind, i in self._plan:
+            if kind == "m":
+                hidden, residual = self.layers[i](hidden, residual)
+            else:
+                stream = hidden if residual is None else residual + self.pre_attn_drop[i](hidden)
+                hidden, residual = self.attn_layers[i](stream.to(x.dtype)), None
+        stream = hidden if residual is None else residual + self.drop_path(hidden)
+        return self.norm_f(stream.to(self.norm_f.weight.dtype))

@@ -1,0 +1,35 @@
+"""Joint space-time attention ViT on the same token layout (the UMT / TimeSformer-style baseline)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import TransformerBlock, drop_path_rates
+from .base import VideoBackbone
+
+
+class VisionTransformer(VideoBackbone):
+    """Every token attends to every other token of the clip (cost quadratic in T*h*w)."""
+
+    def __init__(self, depth: int = 12, embed_dim: int = 768, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 drop_path_rate: float = 0.0, **kwargs) -> None:
+        super().__init__(embed_dim=embed_dim, **kwargs)
+        dpr = drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i]) for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def block_names(self) -> list[str]:
+        return [f"blocks.{i}" for i in range(len(self.blocks))]
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)

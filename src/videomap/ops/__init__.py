@@ -1,0 +1,7 @@
+"""Low-level operators: the Mamba-1 selective scan (fast C kernel on CPU, mamba_ssm on CUDA,
+chunked PyTorch fallback everywhere else) and its sequential reference."""
+
+from .reference import selective_scan_ref
+from .scan import selective_scan, selective_scan_backend
+
+__all__ = ["selective_scan", "selective_scan_backend", "selective_scan_ref"]

@@ -1,0 +1,132 @@
+"""Public selective-scan entry point and backend dispatch.
+
+Backends, picked per call from the input tensors:
+
+* ``"cuda-mamba_ssm"``: CUDA tensors when mamba_ssm's compiled extension imports.
+* ``"cpu-kernel"``: CPU tensors (fp32/fp16/bf16, computed in fp32) through the C kernel
+  compiled on first use.
+* ``"torch"``: everything else -- float64 on CPU, CUDA without mamba_ssm, other devices,
+  ``VIDEOMAP_DISABLE_KERNEL=1``, or when no C compiler is available.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import torch
+
+from . import _kernel
+from ._common import check_inputs, compute_dtype, no_autocast
+from .cpu_kernel import KernelScanFn
+from .torch_scan import TorchScanFn
+
+logger = logging.getLogger("videomap.ops")
+
+BACKENDS = ("cuda-mamba_ssm", "cpu-kernel", "torch")
+_logged: set[str] = set()
+
+
+@functools.cache
+def _mamba_cuda_fn() -> Callable | None:
+    """mamba_ssm's selective_scan_fn, but only if its compiled CUDA module really imports
+    (``import mamba_ssm`` alone succeeds on installs whose extension failed to build)."""
+    try:
+        import selective_scan_cuda  # noqa: F401
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or an OSError/RuntimeError from a broken CUDA build
+        return None
+    return selective_scan_fn
+
+
+def _resolve(device_or_tensor) -> tuple[torch.device, torch.dtype | None]:
+    if device_or_tensor is None:
+        return torch.device("cpu"), None
+    if isinstance(device_or_tensor, torch.Tensor):
+        return device_or_tensor.device, device_or_tensor.dtype
+    return torch.device(device_or_tensor), None
+
+
+def _choose(device: torch.device, dtype: torch.dtype | None) -> tuple[str, str]:
+    """(backend, reason) for tensors on ``device`` with ``dtype`` (None: a floating type other
+    than float64)."""
+    if device.type == "cuda":
+        if _mamba_cuda_fn() is not None:
+            return "cuda-mamba_ssm", "mamba_ssm CUDA extension"
+        return "torch", "CUDA tensors but mamba_ssm's selective_scan_cuda does not import"
+    if device.type != "cpu":
+        return "torch", f"no dedicated kernel for device {device.type}"
+    if dtype == torch.float64:
+        return "torch", "float64 inputs (the C kernel is fp32)"
+    if _kernel.kernel_disabled():
+        return "torch", "VIDEOMAP_DISABLE_KERNEL is set"
+    kern = _kernel.get_kernel()
+    if kern is None:
+        return "torch", f"C kernel unavailable: {_kernel.kernel_error()}"
+    return "cpu-kernel", f"{kern.path} ({' '.join(f for f in kern.flags if f.startswith(('-march', '-fopenmp')))})"
+
+
+def _log_once(backend: str, reason: str) -> None:
+    if backend not in _logged:
+        _logged.add(backend)
+        logger.info("selective_scan backend: %s -- %s", backend, reason)
+
+
+def selective_scan_backend(device_or_tensor: torch.device | str | torch.Tensor | None = None) -> str:
+    """Which implementation :func:`selective_scan` uses for this device (or tensor: its dtype
+    matters on CPU, where float64 takes the PyTorch path).  Builds the CPU kernel if needed.
+
+    Returns one of ``"cuda-mamba_ssm"``, ``"cpu-kernel"``, ``"torch"`` and logs the choice
+    (logger ``videomap.ops``) the first time each backend is seen, so a run's log shows
+    whether the fast path is active.
+    """
+    backend, reason = _choose(*_resolve(device_or_tensor))
+    _log_once(backend, reason)
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 (S6) selective scan, same signature/returns as mamba_ssm's ``selective_scan_fn``.
+
+    Shapes: u, delta, z (batch, dim, L); A (dim, N) real; B, C (batch, N, L); D, delta_bias (dim,).
+    Computes h_l = exp(Δ_l A) h_{l-1} + Δ_l B_l u_l and y_l = C_l·h_l + D u_l (gated by
+    silu(z)), with Δ = softplus(delta + delta_bias) when ``delta_softplus``.
+
+    The scan always runs in fp32 (float64 stays float64) with autocast disabled, because
+    half-precision scans overflow; the output has u's dtype.  Returns ``out`` or
+    ``(out, last_state)`` with last_state (batch, dim, N).  Memory under autograd stays
+    O(inputs): states are recomputed in backward instead of stored.
+    """
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    backend, reason = _choose(u.device, u.dtype)
+    _log_once(backend, reason)
+    if backend == "cuda-mamba_ssm":
+        fn = _mamba_cuda_fn()
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    in_dtype = u.dtype
+    ct = compute_dtype(u)
+    with no_autocast(u.device.type):
+
+        def prep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(ct).contiguous()
+
+        args = [prep(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        if backend == "cpu-kernel":
+            out, last = KernelScanFn.apply(_kernel.get_kernel(), *args, bool(delta_softplus))
+        else:
+            out, last = TorchScanFn.apply(*args, bool(delta_softplus))
+    out = out.to(in_dtype)
+    return (out, last.to(in_dtype)) if return_last_state else out
