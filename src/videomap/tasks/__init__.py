@@ -1,0 +1,1 @@
+"""Job runners behind the CLI: pretrain, finetune / evaluate, extract, demo."""
