@@ -33,7 +33,7 @@ from videomap.ops import selective_scan, selective_scan_backend, selective_scan_
 
 CASES = [(384, 1568), (768, 1568), (768, 12544)]  # (E, L); B = 1, N = 16
 NSTATE = 16
-TARGET_SPEEDUP = 20.0  # fwd+bwd vs autograd through the sequential reference (first case)
+TARGET_SPEEDUP = 20.0  # fwd+bwd vs autograd through the sequential reference (first case only)
 TARGET_FLOOR_RATIO = 3.0  # forward vs the exp floor
 TARGET_PEAK_MB = 1024.0  # fwd+bwd at E=768, L=12544
 REF_BWD_MAX_L = 1568  # autograd through the reference keeps every step: affordable up to here
@@ -172,7 +172,7 @@ def verdicts(results: list[dict]) -> list[dict]:
         ratio = r["ours_fwd"] / r["exp_floor"]
         rows.append({"target": "forward / exp floor", "case": case, "value": f"{ratio:.2f}x",
                      "goal": f"<= {TARGET_FLOOR_RATIO:.0f}x", "ok": ratio <= TARGET_FLOOR_RATIO})
-        if isinstance(r["ref_fwd_bwd"], float):
+        if (r["E"], r["L"]) == CASES[0]:  # the speedup target is set for the first case
             sp = r["ref_fwd_bwd"] / r["ours_fwd_bwd"]
             rows.append({"target": "fwd+bwd speedup vs reference autograd", "case": case, "value": f"{sp:.0f}x",
                          "goal": f">= {TARGET_SPEEDUP:.0f}x", "ok": sp >= TARGET_SPEEDUP})
@@ -187,15 +187,16 @@ def verdicts(results: list[dict]) -> list[dict]:
 
 def tables(results: list[dict], rows: list[dict]) -> str:
     head = ("| E | L | reference fwd | reference fwd+bwd | ours fwd | ours fwd+bwd | PyTorch fallback fwd "
-            "| exp floor | ours fwd / floor | fwd+bwd speedup | peak mem fwd+bwd |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| exp floor | ours fwd / floor | fwd speedup | fwd+bwd speedup | peak mem fwd+bwd |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = ""
     for r in results:
         sp = (f"{r['ref_fwd_bwd'] / r['ours_fwd_bwd']:.0f}x" if isinstance(r["ref_fwd_bwd"], float) else SKIP)
         mem = r["peak_mb_fwd_bwd"]
         body += (f"| {r['E']} | {r['L']} | {fmt_ms(r['ref_fwd'])} | {fmt_ms(r['ref_fwd_bwd'])} "
                  f"| {fmt_ms(r['ours_fwd'])} | {fmt_ms(r['ours_fwd_bwd'])} | {fmt_ms(r['fallback_fwd'])} "
-                 f"| {fmt_ms(r['exp_floor'])} | {r['ours_fwd'] / r['exp_floor']:.2f}x | {sp} "
+                 f"| {fmt_ms(r['exp_floor'])} | {r['ours_fwd'] / r['exp_floor']:.2f}x "
+                 f"| {r['ref_fwd'] / r['ours_fwd']:.0f}x | {sp} "
                  f"| {f'{mem:.0f} MB' if isinstance(mem, float) else mem} |\n")
     tgt = "| target | case | measured | goal | result |\n|---|---|---|---|---|\n"
     for row in rows:
@@ -212,7 +213,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     series = [("ref_fwd", "reference fwd"), ("ref_fwd_bwd", "reference fwd+bwd"), ("fallback_fwd", "fallback fwd"),
               ("ours_fwd", "ours fwd"), ("ours_fwd_bwd", "ours fwd+bwd"), ("exp_floor", "exp floor")]
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     width = 0.8 / len(series)
     for i, (key, label) in enumerate(series):
         xs, ys = [], []
@@ -222,13 +223,14 @@ def plot(results: list[dict], path: Path) -> None:
                 xs.append(x)
                 ys.append(r[key] * 1e3)
             else:
-                ax.text(x, 1.0, r[key], rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(x, 0.02, r[key], rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
         ax.bar(xs, ys, width, label=label)
     ax.set_yscale("log")
     ax.set_ylabel("time (ms, log scale)")
     ax.set_xticks(range(len(results)), [f"E={r['E']}\nL={r['L']}" for r in results])
     ax.set_title("Selective scan on CPU (B=1, N=16): median wall time")
-    ax.legend(fontsize=8, ncol=3)
+    ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -251,6 +253,10 @@ Measured by `benchmarks/scan.py` (B=1, N=16, fp32, `delta_softplus=True`, D and 
   machine is shared, so single runs are noisy; every time is the median of several repeats.
 
 {tables(results, rows)}{fallback_note(results)}
+Speedups are reference time / our time. Forward-and-backward uses the C kernel for both passes:
+one fused sweep per channel with a 16-lane polynomial exp, the backward recomputing each
+64-step chunk from a saved state (see `src/videomap/ops/csrc/selective_scan.c`).
+
 How each column is measured:
 
 - *reference*: `selective_scan_ref`, the sequential one-step-at-a-time loop (plain torch ops);

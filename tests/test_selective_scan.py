@@ -96,6 +96,7 @@ CASES = {
     "N33-no-bias-no-softplus": dict(shape=(1, 2, 45, 33), bias=False, softplus=False),
     "bare": dict(shape=(1, 3, 50, 16), z=False, D=False, bias=False, softplus=False),
     "noncontig-BC": dict(shape=(2, 3, 70, 16), noncontig_bc=True, regime="large"),
+    "E1-batch3": dict(shape=(3, 1, 70, 16), regime="large"),
     "L1100-tiles": dict(shape=(1, 2, 1100, 16)),
 }
 
@@ -135,6 +136,24 @@ def short_torch_chunks(monkeypatch):
 def test_torch_fallback_fp32_matches_float64_reference(name, method, short_torch_chunks):
     assert torch_scan.chunk_len(1, 4, 16, 130) == 16
     assert_close_to_ref(run(torch_path(method), case_inputs(name), torch.float32), reference(name))
+
+
+def _random_shapes(n, seed=2024):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (1, 9), (1, 300), (1, 40)))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("shape", _random_shapes(4), ids=lambda s: "x".join(map(str, s)))
+def test_random_shapes_all_paths(shape, monkeypatch):
+    monkeypatch.setattr(torch_scan, "_MAX_CHUNK", 32)
+    inputs = make_inputs(*shape, regime="normal", seed=hash(shape) % 1000)
+    ref = run(selective_scan_ref, inputs, torch.float64)
+    fns = [torch_path("loop"), torch_path("doubling")]
+    if _kernel.find_compiler() is not None and _kernel.get_kernel() is not None:
+        fns.append(selective_scan)
+    for fn in fns:
+        assert_close_to_ref(run(fn, inputs, torch.float32), ref)
 
 
 def test_disable_env_selects_torch_path_and_stays_correct(monkeypatch, short_torch_chunks):

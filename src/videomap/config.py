@@ -70,6 +70,11 @@ class FinetuneSection:
     cutmix: float = 0.0
     mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.1
+    head: str = "classification"  # classification | regression (LVU-style, MSE on a real-valued label)
+    distill_model: str | None = None  # self-distillation teacher (a registry name), frozen
+    distill_checkpoint: str | None = None  # its trained weights
+    distill_weight: float = 1.0
+    distill_loss: str = "l2"  # l2 | cos
 
 
 @dataclass

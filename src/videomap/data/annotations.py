@@ -34,7 +34,7 @@ class AnnotationEntry:
     """One sample of a list; ``path`` already has ``root`` applied, ``line`` is 1-based."""
 
     path: str
-    label: int
+    label: int | float
     total_frames: int | None = None
     duration: float | None = None
     line: int = 0
@@ -97,7 +97,16 @@ def parse_annotation_line(
             raise ValueError(f"{prefix}: {name} must be >= 0, got {value}")
         return value
 
-    label = as_int("label")
+    if fmt == "lvu":  # LVU regression targets (e.g. view counts, ratios) may be real-valued
+        try:
+            label = float(values["label"])
+            label = int(label) if label.is_integer() and "." not in values["label"] else label
+        except ValueError:
+            raise ValueError(
+                f"{prefix}: expected a numeric label in '{_layout(fmt, delimiter)}', got {values['label']!r}"
+            ) from None
+    else:
+        label = as_int("label")
     total = as_int("total_frames") if "total_frames" in values else None
     duration = None
     if "duration" in values:

@@ -230,6 +230,7 @@ class Trainer:
         self.writer: MetricsWriter | None = None
         self._last_saved_step = -1
         self._last_eval_step = -1
+        self._bad_reported = 0
 
     # ------------------------------------------------------------------ public entry points
 
@@ -453,6 +454,7 @@ class Trainer:
                 if self.step_in_epoch < self.steps_per_epoch and self._save_due():
                     self.save()
             del batches  # shuts down loader workers before evaluation / saving
+            self._report_bad_samples()
             if self.step_in_epoch < self.steps_per_epoch:
                 break  # stopped by max_steps in the middle of an epoch
             self.epoch += 1
@@ -475,6 +477,16 @@ class Trainer:
                 f"checkpoint {self.last_checkpoint}",
                 flush=True,
             )
+
+    def _report_bad_samples(self) -> None:
+        """End-of-epoch summary of unreadable samples, for datasets that track them (``bad_samples()``)."""
+        if not self.is_main or not hasattr(self.dataset, "bad_samples"):
+            return
+        bad = self.dataset.bad_samples()
+        if len(bad) > self._bad_reported:
+            self._bad_reported = len(bad)
+            summary = getattr(self.dataset, "bad_sample_summary", lambda: f"{len(bad)} unreadable samples")()
+            print(f"[data] epoch {self.epoch}: {summary}", flush=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:

@@ -19,7 +19,13 @@ from ..layers import resize_spatial_pos_embed, resize_temporal_pos_embed
 log = logging.getLogger("videomap.models")
 
 PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+# pre-training heads that full pre-training checkpoints carry besides the encoder (ours: decoder.*;
+# UMT / VideoMamba masked pre-training: clip_decoder.*, clip_pos_embed, ...); dropped on load
+AUX_PREFIXES = ("decoder.", "clip_decoder.", "clip_pos_embed", "clip_img_pos_embed", "mask_token", "teacher.")
 HEAD_KEYS = ("head.weight", "head.bias")
+# keys a checkpoint may lack without being an error: the classifier, and the temporal table of an
+# image checkpoint (VideoMamba initialises it to zeros before video fine-tuning)
+OPTIONAL_KEYS = HEAD_KEYS + ("temporal_pos_embedding",)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -83,10 +89,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     """Load ``path`` into ``model``; the classifier head may always be missing or mismatched.
 
     Returns (missing, unexpected). With ``strict`` any other mismatch raises a ValueError naming
-    the keys and shapes.
+    the keys and shapes (an image checkpoint may also lack ``temporal_pos_embedding``).
     """
     sd = adapt_state_dict(strip_prefixes(read_state_dict(path)), model)
     own = model.state_dict()
+    dropped = [k for k in sd if k not in own and k.startswith(AUX_PREFIXES)]
+    for k in dropped:
+        sd.pop(k)
     mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     head_mismatch = [k for k in mismatched if k in HEAD_KEYS]
     for k in head_mismatch:
@@ -98,7 +107,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     if bad:
         problems.append("shape mismatch: " + ", ".join(
             f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad))
-    non_head_missing = [k for k in missing if k not in HEAD_KEYS]
+    non_head_missing = [k for k in missing if k not in OPTIONAL_KEYS]
     if non_head_missing:
         problems.append("missing: " + ", ".join(non_head_missing))
     if unexpected:
@@ -108,6 +117,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     for k in bad:
         sd.pop(k)
     model.load_state_dict(sd, strict=False)
-    if problems or head_mismatch or missing:
-        log.info("loaded %s with %s", path, "; ".join(problems) or f"head not loaded: {missing or head_mismatch}")
+    notes = problems + ([f"left as initialised: {', '.join(missing)}"] if missing and not problems else [])
+    if dropped:
+        notes.append(f"pre-training heads ignored: {len(dropped)} tensors ({dropped[0]}, ...)")
+    if notes:
+        (log.warning if problems else log.info)("loaded %s into %s; %s", path, type(model).__name__, "; ".join(notes))
     return missing, unexpected

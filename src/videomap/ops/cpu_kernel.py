@@ -12,6 +12,7 @@ from ._common import no_autocast
 from ._kernel import KernelLib
 
 _LANES = 16  # the kernel's state vector width; N is zero-padded up to a multiple of it
+MAX_STATE = 256  # NBMAX * VW in the C source; larger d_state goes to the PyTorch path
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:

@@ -19,7 +19,7 @@ import torch
 
 from . import _kernel
 from ._common import check_inputs, compute_dtype, no_autocast
-from .cpu_kernel import KernelScanFn
+from .cpu_kernel import MAX_STATE, KernelScanFn
 from .torch_scan import TorchScanFn
 
 logger = logging.getLogger("videomap.ops")
@@ -111,6 +111,8 @@ def selective_scan(
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     backend, reason = _choose(u.device, u.dtype)
+    if backend == "cpu-kernel" and A.shape[1] > MAX_STATE:
+        backend, reason = "torch", f"d_state {A.shape[1]} > {MAX_STATE} (the C kernel's limit)"
     _log_once(backend, reason)
     if backend == "cuda-mamba_ssm":
         fn = _mamba_cuda_fn()

@@ -139,13 +139,13 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, carries, 
     nstate = A.shape[1]
     k = chunk_len(bsz, dim, nstate, seqlen)
     nch = (seqlen + k - 1) // k
-    raw, dt = _delta(delta, delta_bias, softplus)
-    if z is not None:
-        sz = torch.sigmoid(z)
-        dy = dout * (z * sz)
-    else:
-        dy = dout
-    dtT, dtuT, uT, dyT = _time_major(dt), _time_major(dt * u), _time_major(u), _time_major(dy)
+    # Big (B, E, L)-sized temporaries are freed as soon as possible: peak memory stays a small
+    # multiple of the input size.
+    _, dt = _delta(delta, delta_bias, softplus)
+    dy = dout * F.silu(z) if z is not None else dout
+    dtT, uT, dyT = _time_major(dt), _time_major(u), _time_major(dy)
+    dtuT = dtT * uT
+    del dt
     BT, CT = _time_major(B), _time_major(C)
     ddtT = u.new_empty(seqlen, bsz, dim)
     duT = u.new_empty(seqlen, bsz, dim)
@@ -175,20 +175,30 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, carries, 
         dA.add_((dAh * dt_c[..., None]).sum((0, 1)))
         torch.addcmul((dAh * A).sum(-1), uT[l0:l1], gB, out=ddtT[l0:l1])
         torch.mul(dt_c, gB, out=duT[l0:l1])
-    ddt, du = ddtT.permute(1, 2, 0), duT.permute(1, 2, 0).contiguous()
+    del dtT, dtuT, uT, dyT, BT, CT, a, hs, g, dAh
+    du = duT.permute(1, 2, 0).contiguous()
+    del duT
     dD = None
     if D is not None:
         du.addcmul_(D[:, None].expand_as(u), dy)
         dD = (dy * u).sum((0, 2))
+    del dy
     dz = None
     if z is not None:
-        ypre = ypreT.permute(1, 2, 0)
+        dz = ypreT.permute(1, 2, 0).contiguous()
+        del ypreT
         if D is not None:
-            ypre = ypre + D[:, None] * u
-        dz = dout * ypre * (sz * (1 + z * (1 - sz)))
+            dz.addcmul_(D[:, None].expand_as(u), u)
+        sz = torch.sigmoid(z)
+        dz.mul_(dout).mul_(sz)  # d silu(z)/dz = sz * (1 + z * (1 - sz))
+        dz.mul_(torch.rsub(sz, 1).mul_(z).add_(1))
+        del sz
+    ddt = ddtT.permute(1, 2, 0).contiguous()
+    del ddtT
     if softplus:
-        ddt = torch.where(raw > 20, ddt, ddt * torch.sigmoid(raw))
-    ddt = ddt.contiguous()
+        raw = delta if delta_bias is None else delta + delta_bias[:, None]
+        ddt.mul_(torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw)))
+        del raw
     dbias = ddt.sum((0, 2)) if delta_bias is not None else None
     dB, dC = dBT.permute(1, 2, 0).contiguous(), dCT.permute(1, 2, 0).contiguous()
     return du, ddt, dA, dB, dC, dD, dz, dbias

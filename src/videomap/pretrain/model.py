@@ -24,7 +24,7 @@ def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 class MaskedPretrainer(nn.Module):
-    """Encoder + objective head; the teacher is held outside the module tree so it is neither
+    """Encoder + objective head (``decoder``); the teacher is held outside the module tree so it is neither
     trained, wrapped by DDP, nor written into checkpoints."""
 
     def __init__(self, encoder: VideoBackbone, teacher: Teacher | nn.Module, objective: str = "frame",
@@ -43,9 +43,9 @@ class MaskedPretrainer(nn.Module):
         if not c:
             raise ValueError("teacher.feature_dim is unknown; set it on the teacher module")
         if objective == "video":
-            self.head = AlignHead(encoder.embed_dim, c, max_tokens=1 + 4 * int(torch.tensor(encoder.grid).prod()))
+            self.decoder = AlignHead(encoder.embed_dim, c, max_tokens=1 + 4 * int(torch.tensor(encoder.grid).prod()))
         else:
-            self.head = ARDecoder(encoder.embed_dim, c, encoder.grid, dim=decoder_dim, depth=decoder_depth,
+            self.decoder = ARDecoder(encoder.embed_dim, c, encoder.grid, dim=decoder_dim, depth=decoder_depth,
                                   granularity=objective)
 
     @property
@@ -63,9 +63,9 @@ class MaskedPretrainer(nn.Module):
         mask = self.masker(video.shape[0], grid, attn=attn, device=video.device)
         tokens = self.encoder.forward_features(video, mask=mask)
         if self.objective == "video":
-            loss = alignment_loss(self.head(tokens, mask), patch, tout.cls, mask)
+            loss = alignment_loss(self.decoder(tokens, mask), patch, tout.cls, mask)
         else:
-            pred = self.head(tokens, mask, grid)
+            pred = self.decoder(tokens, mask, grid)
             loss = next_frame_loss(pred, patch, mask, grid, self.loss_on, self.target_norm)
         return loss, {"mask_ratio": mask.float().mean().item()}
 
