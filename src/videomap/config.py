@@ -73,6 +73,7 @@ class FinetuneSection:
     head: str = "classification"  # classification | regression (LVU-style, MSE on a real-valued label)
     distill_model: str | None = None  # self-distillation teacher (a registry name), frozen
     distill_checkpoint: str | None = None  # its trained weights
+    distill_overrides: dict[str, Any] = field(default_factory=dict)  # extra teacher constructor kwargs
     distill_weight: float = 1.0
     distill_loss: str = "l2"  # l2 | cos
 

@@ -63,8 +63,8 @@ def build_distiller(cfg: JobConfig, student: nn.Module) -> nn.Module:
     if not f.distill_checkpoint:
         raise ValueError("finetune.distill_checkpoint is required with distill_model (the trained teacher)")
     teacher = create_model(f.distill_model, num_classes=0, num_frames=cfg.model.num_frames,
-                           img_size=cfg.model.img_size)
-    load_checkpoint(teacher, f.distill_checkpoint, strict=False)
+                           img_size=cfg.model.img_size, **f.distill_overrides)
+    load_checkpoint(teacher, f.distill_checkpoint, strict=True)
     return FeatureDistiller(student, teacher, loss=f.distill_loss)
 
 

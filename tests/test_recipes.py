@@ -1,0 +1,134 @@
+"""Fine-tuning paths beyond plain classification: self-distillation, regression, bad data, extraction."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videomap.config import load_config
+from videomap.data import make_broken_videos, make_synthetic_dataset, write_video
+from videomap.models import create_model
+from videomap.pretrain import FeatureDistiller
+from videomap.tasks.extract import run_extract, window_starts
+from videomap.tasks.finetune import run_finetune
+
+TINY = ["model.name=videomap_tiny", "model.img_size=32", "model.num_frames=4",
+        "model.overrides={depth: 4, embed_dim: 32, attn_every: 2}", "train.batch_size=4", "train.epochs=1",
+        "train.num_workers=0", "train.tensorboard=false", "train.plot=false", "data.flip=false"]
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("v"), num_train=20, num_val=4, num_frames=8, size=32)
+
+
+def test_self_distillation_reduces_feature_loss():
+    torch.manual_seed(0)
+    teacher = create_model("videomamba_tiny", num_classes=0, img_size=32, num_frames=4, depth=2, embed_dim=32)
+    student = create_model("videomamba_tiny", num_classes=3, img_size=32, num_frames=4, depth=2, embed_dim=48)
+    model = FeatureDistiller(student, teacher, loss="l2")
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not any(k.startswith("_teacher") or "teacher" in k for k in model.state_dict())
+    x = torch.randn(4, 3, 4, 32, 32)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        _, loss = model(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert model.lr_layer_id("student.layers.1.norm.weight") == 2 and model.lr_layer_id("proj.weight") == 3
+    cos = FeatureDistiller(student, teacher, loss="cos")
+    assert 0 <= cos(x)[1].item() <= 4
+
+
+def test_distillation_finetune_run(tmp_path, lists):
+    train, val = lists
+    teacher = create_model("videomap_tiny", num_classes=0, img_size=32, num_frames=4, depth=4, embed_dim=32,
+                           attn_every=2)
+    teacher.save_pretrained(tmp_path / "teacher")
+    run = ["finetune.distill_model=videomap_tiny", f"finetune.distill_checkpoint={tmp_path / 'teacher'}",
+           f"data.train_list={train}", f"data.val_list={val}"]
+    with pytest.raises(ValueError, match="does not fit"):  # the registry's teacher is 192-d, the file 32-d
+        run_finetune(load_config(None, TINY + run + [f"train.output_dir={tmp_path / 'run0'}"]))
+    cfg = load_config(None, TINY + run + [f"train.output_dir={tmp_path / 'run'}",
+                                          "finetune.distill_overrides={depth: 4, embed_dim: 32, attn_every: 2}"])
+    result = run_finetune(cfg)
+    assert "distill" in result["train"] and result["eval"]["count"] == 4
+    assert not any("teacher" in k for k in load_file(str(tmp_path / "run" / "final" / "model.safetensors")))
+    cfg = load_config(None, TINY + [f"data.train_list={train}", f"train.output_dir={tmp_path / 'run2'}",
+                                    "finetune.distill_model=videomap_tiny"])
+    with pytest.raises(ValueError, match="distill_checkpoint"):
+        run_finetune(cfg)
+
+
+def test_regression_head_on_an_lvu_list(tmp_path, lists):
+    train, _ = lists
+    with open(train) as f:
+        rows = [line.strip().split(",") for line in f]
+    lvu = tmp_path / "lvu.csv"
+    lvu.write_text("".join(f"{p},{int(y) * 0.5 + 0.25},{8.0}\n" for p, y in rows))
+    cfg = load_config(None, TINY + [f"data.train_list={lvu}", f"data.val_list={lvu}", "data.list_format=lvu",
+                                    "finetune.head=regression", f"train.output_dir={tmp_path / 'reg'}"])
+    result = run_finetune(cfg)
+    assert "mse" in result["eval"] and result["eval"]["count"] == len(rows)
+    head = load_file(str(tmp_path / "reg" / "final" / "model.safetensors"))["head.weight"]
+    assert head.shape[0] == 1
+
+
+def test_finetune_epoch_with_ten_percent_broken_files(tmp_path, lists, capsys):
+    train, _ = lists
+    broken = make_broken_videos(tmp_path / "broken")
+    with open(train) as f:
+        good = f.read().splitlines()[:18]
+    bad_lines = [f"{p},0" for p in broken.values()]
+    mixed = tmp_path / "mixed.csv"
+    lines = good[:9] + bad_lines[:1] + good[9:] + bad_lines[1:2]
+    mixed.write_text("\n".join(lines) + "\n")
+    assert len(lines) == 20
+    cfg = load_config(None, TINY + [f"data.train_list={mixed}", f"train.output_dir={tmp_path / 'ft'}",
+                                    "data.max_bad_fraction=0.2"])
+    result = run_finetune(cfg)
+    assert result["global_step"] == 5  # the whole epoch ran: 20 samples / batch 4
+    out = capsys.readouterr().out
+    assert "[data] epoch 0: " in out
+    for p in list(broken.values())[:2]:
+        assert out.count(p) == 1, f"{p} reported {out.count(p)} times"
+
+
+def test_extract_slides_over_long_videos(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    long_video, short_video = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    write_video(str(long_video), frames)
+    write_video(str(short_video), frames[:3])
+    lst = tmp_path / "videos.txt"
+    lst.write_text(f"{long_video}\n{short_video} 0\n{tmp_path / 'missing.mp4'}\n")
+    weights = tmp_path / "w"
+    create_model("videomamba_tiny", num_classes=0, img_size=32, num_frames=4, depth=2,
+                 embed_dim=32).save_pretrained(weights)
+    base = ["model.name=videomamba_tiny", "model.img_size=32", "model.num_frames=4",
+            "model.overrides={depth: 2, embed_dim: 32}", f"extract.list={lst}", "extract.frame_stride=2"]
+    res = run_extract(load_config(None, base + [f"extract.output_dir={tmp_path / 'f'}"]), str(weights))
+    assert res["written"] == 2 and res["failed"] == [str(tmp_path / "missing.mp4")]
+    long_feats = load_file(str(tmp_path / "f" / "long.safetensors"))["features"]
+    assert long_feats.shape == (len(window_starts(20, 4, 4)), 32) == (5, 32)  # 40 frames / stride 2 / window 4
+    assert load_file(str(tmp_path / "f" / "short.safetensors"))["features"].shape == (1, 32)
+    # resumable: finished videos are not recomputed
+    mtime = os.path.getmtime(tmp_path / "f" / "long.safetensors")
+    run_extract(load_config(None, base + [f"extract.output_dir={tmp_path / 'f'}"]), str(weights))
+    assert os.path.getmtime(tmp_path / "f" / "long.safetensors") == mtime
+    res = run_extract(load_config(None, base + [f"extract.output_dir={tmp_path / 'n'}", "extract.format=npy",
+                                                "extract.window_stride=2", "extract.pool=mean"]), str(weights))
+    assert np.load(tmp_path / "n" / "long.npy").shape == (9, 32)
+
+
+def test_window_starts_cover_the_end():
+    assert window_starts(10, 4, 4) == [0, 4, 6]
+    assert window_starts(3, 4, 4) == [0]
+    assert window_starts(8, 4, 4) == [0, 4]
