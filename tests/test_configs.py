@@ -1,0 +1,257 @@
+"""Every shipped recipe under ``configs/``: it parses, keeps the values the papers give, and runs one
+optimizer step through the real task runner on generated videos with a tiny model.
+
+The step-runs shrink only what makes a recipe slow (resolution, frames, depth, width, batch, the
+CLIP teacher, the decoder, the self-distillation teacher) and keep everything the recipe decides:
+the task (which picks the runner), the objective, the mask, sampling, augmentation, Mixup/CutMix,
+the head, layer decay and the evaluation views.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+import pytest
+import torch
+
+from videomap import create_model, list_models
+from videomap.config import load_config
+from videomap.data import make_synthetic_dataset
+from videomap.tasks.finetune import run_finetune
+from videomap.tasks.pretrain import run_pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(ROOT, "configs")
+CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
+                 if not os.path.basename(p).startswith("_"))
+IMG, FRAMES = 32, 4
+
+
+def rel(path: str) -> str:
+    return os.path.relpath(path, CONFIG_DIR)
+
+
+@functools.cache
+def cfg_of(name: str):
+    """The parsed recipe (cached: treat as read-only)."""
+    return load_config(os.path.join(CONFIG_DIR, name))
+
+
+def shipped(prefix: str) -> list[str]:
+    return [rel(p) for p in CONFIGS if rel(p).startswith(prefix)]
+
+
+FINETUNE = shipped("finetune/")
+PRETRAIN = shipped("pretrain/")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Generated videos (train/val ``path,label`` lists) plus the same clips as an LVU-style list."""
+    d = tmp_path_factory.mktemp("configs_data")
+    train, val = make_synthetic_dataset(d, num_train=8, num_val=4, num_frames=8, size=IMG)
+    lists = {"video": (train, val)}
+    lvu = []
+    for src in (train, val):
+        dst = src.replace(".csv", "_lvu.csv")
+        with open(src) as fin, open(dst, "w") as fout:
+            for i, line in enumerate(fin):
+                path, label = line.strip().split(",")
+                fout.write(f"{path},{int(label) * 0.5 + 1.0},{60.0 + i}\n")  # path,real-valued target,duration
+        lvu.append(dst)
+    lists["lvu"] = tuple(lvu)
+    return {"dir": d, "lists": lists, "teachers": {}}
+
+
+# The recipe's distillation teacher, shrunk like the student (a different width, so the student's
+# projection to the teacher width is exercised).
+TEACHER_ARCH = {"depth": 2, "embed_dim": 24}
+
+
+def distill_teacher(data, name: str) -> str:
+    """A trained-teacher stand-in at the tiny size, written once with ``save_pretrained``."""
+    if name not in data["teachers"]:
+        torch.manual_seed(0)
+        teacher = create_model(name, num_classes=0, num_frames=FRAMES, img_size=IMG, **TEACHER_ARCH)
+        data["teachers"][name] = teacher.save_pretrained(os.path.join(data["dir"], f"teacher_{name}"))
+    return data["teachers"][name]
+
+
+def tiny_overrides(cfg, data, out_dir: str) -> list[str]:
+    name = cfg.model.name
+    arch = ["depth: 2", "embed_dim: 32"]
+    if name.startswith("videomap"):
+        arch.append("attn_every: 2")
+    if name.startswith("vit"):
+        arch.append("num_heads: 2")
+    train, val = data["lists"]["lvu" if cfg.data.list_format == "lvu" else "video"]
+    ov = [
+        f"model.img_size={IMG}", f"model.num_frames={FRAMES}", f"model.overrides={{{', '.join(arch)}}}",
+        "model.pretrained=null",
+        f"data.train_list={train}", f"data.val_list={val}", "data.test_list=null",
+        "train.batch_size=2", "train.accum_steps=1", "train.epochs=1", "train.max_steps=1", "train.amp=none",
+        "train.num_workers=0", "train.tensorboard=false", "train.plot=false", f"train.output_dir={out_dir}",
+        "train.min_lr=0", "train.save_every_steps=null", "train.resume=false",
+    ]
+    if cfg.task == "pretrain":
+        ov += ["pretrain.teacher=pixel", "pretrain.decoder_dim=32", "pretrain.decoder_depth=1",
+               "pretrain.teacher_cache=0"]
+    if cfg.finetune.distill_model:
+        teacher = cfg.finetune.distill_model
+        ov += [f"finetune.distill_checkpoint={distill_teacher(data, teacher)}",
+               "finetune.distill_overrides={depth: 2, embed_dim: 24}"]
+    return ov
+
+
+def test_configs_are_shipped():
+    assert len(FINETUNE) >= 30 and len(PRETRAIN) >= 10
+    for sub in ("finetune", "pretrain/ablations", "finetune/ablations"):
+        assert os.path.isfile(os.path.join(CONFIG_DIR, sub, "_k400small_base.yaml" if "ablations" in sub
+                                           else "_k400_base.yaml"))
+
+
+@pytest.mark.parametrize("name", FINETUNE + PRETRAIN)
+def test_config_parses_and_names_its_task(name):
+    cfg = cfg_of(name)
+    assert cfg.task == ("finetune" if name.startswith("finetune/") else "pretrain")
+    assert cfg.model.name in list_models()
+    assert cfg.blr is not None and cfg.blr > 0  # lr follows the global batch
+    assert cfg.train.output_dir.startswith(f"runs/{cfg.task}/")
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        assert f.readline().startswith("# "), "each recipe opens with a comment naming what it reproduces"
+
+
+def test_output_dirs_are_unique():
+    outs = [cfg_of(n).train.output_dir for n in FINETUNE + PRETRAIN]
+    assert len(outs) == len(set(outs))
+
+
+def test_pretrained_paths_point_at_shipped_runs():
+    """``model.pretrained`` under runs/ must be what another shipped recipe writes."""
+    writes = {}
+    for n in FINETUNE + PRETRAIN:
+        cfg = cfg_of(n)
+        suffix = "encoder.safetensors" if cfg.task == "pretrain" else "final"
+        writes[f"{cfg.train.output_dir}/{suffix}"] = n
+    by_override: set[str] = set()
+    for n in FINETUNE:
+        cfg = cfg_of(n)
+        for path in (cfg.model.pretrained, cfg.finetune.distill_checkpoint):
+            if path and path.startswith("runs/") and path not in by_override:
+                assert path in writes, f"{n}: {path} is written by no shipped recipe"
+
+
+def test_k400_recipes():
+    for n in [n for n in FINETUNE if "k400" in n]:
+        cfg = cfg_of(n)
+        assert (cfg.data.test_clips, cfg.data.test_crops) == (4, 3), n
+        assert cfg.model.num_classes == 400 and cfg.data.flip and cfg.data.sampling == "segment", n
+    for size, dp, epochs in (("t", 0.1, 70), ("s", 0.35, 50), ("m", 0.8, 50)):
+        cfg = cfg_of(f"finetune/videomamba_{size}_k400.yaml")
+        assert cfg.blr == 2e-4 and cfg.model.drop_path_rate == dp and cfg.train.epochs == epochs
+        assert cfg.model.num_frames == 8 and cfg.model.img_size == 224 and cfg.train.layer_decay is None
+    for size in "mbl":
+        cfg = cfg_of(f"finetune/videomap_{size}_k400.yaml")
+        assert cfg.train.epochs == 45 and cfg.blr == 1e-4 and cfg.train.layer_decay == 0.8
+        assert cfg.model.pretrained == f"runs/pretrain/videomap_{size}_k400/encoder.safetensors"
+    assert [cfg_of(f"finetune/videomap_m_k400{s}.yaml").model.num_frames for s in ("", "_f16", "_f32")] == [8, 16, 32]
+
+
+def test_ssv2_recipes():
+    for n in [n for n in FINETUNE if "ssv2" in n]:
+        cfg = cfg_of(n)
+        assert cfg.data.flip is False, n
+        assert (cfg.data.test_clips, cfg.data.test_crops) == (2, 3), n
+        assert cfg.model.num_classes == 174 and cfg.data.sampling == "segment", n
+    for size, dp, epochs in (("t", 0.1, 35), ("s", 0.35, 30), ("m", 0.8, 30)):
+        cfg = cfg_of(f"finetune/videomamba_{size}_ssv2.yaml")
+        assert cfg.blr == 4e-4 and cfg.model.drop_path_rate == dp and cfg.train.epochs == epochs
+
+
+def test_shared_finetune_recipe():
+    for n in FINETUNE:
+        cfg = cfg_of(n)
+        t, d, f = cfg.train, cfg.data, cfg.finetune
+        assert t.betas == (0.9, 0.999) and t.warmup_epochs == 5 and t.amp == "bf16", n
+        assert t.weight_decay == (0.1 if cfg.model.name == "videomamba_tiny" else 0.05), n
+        assert d.randaug.startswith("rand-m5-n2" if cfg.model.name == "videomamba_tiny" else "rand-m7-n4"), n
+        assert d.erase_prob == 0.25 and cfg.model.img_size == 224, n
+        if f.head == "classification":
+            assert (f.mixup, f.cutmix, f.label_smoothing) == (0.8, 1.0, 0.1), n
+        assert 0.1 <= cfg.model.drop_path_rate <= 0.8, n
+
+
+def test_long_video_recipes():
+    for n in [n for n in FINETUNE if "breakfast" in n or "coin" in n]:
+        cfg = cfg_of(n)
+        views = (10, 3) if "coin" in n else (4, 3)
+        assert (cfg.data.test_clips, cfg.data.test_crops) == views, n
+        assert cfg.model.num_classes == (180 if "coin" in n else 10), n
+        assert cfg.model.num_frames == (24 if n.startswith("finetune/videomap_") else 32), n
+        assert cfg.model.pretrained.startswith("runs/finetune/") and "_k400" in cfg.model.pretrained, n
+    lvu = cfg_of("finetune/videomamba_t_lvu_regression.yaml")
+    assert lvu.finetune.head == "regression" and lvu.data.list_format == "lvu"
+    assert lvu.model.num_frames == 32 and cfg_of("finetune/videomamba_t_k400.yaml").model.num_frames == 8
+    assert lvu.blr == 4e-4 and lvu.finetune.mixup == 0 and lvu.finetune.cutmix == 0
+
+
+def test_self_distillation_recipe():
+    cfg = cfg_of("finetune/videomamba_m_k400_distill.yaml")
+    assert cfg.model.name == "videomamba_middle" and cfg.finetune.distill_model == "videomamba_small"
+    assert cfg.finetune.distill_loss == "l2" and cfg.finetune.distill_weight == 1.0
+    assert cfg.finetune.distill_checkpoint == "runs/finetune/videomamba_s_k400/final"
+
+
+def test_pretraining_recipes():
+    for n in PRETRAIN:
+        cfg = cfg_of(n)
+        p = cfg.pretrain
+        assert p.mask_type == "attention" and cfg.blr == 1.5e-4 and cfg.train.warmup_epochs == 40, n
+        assert (p.objective, p.mask_ratio) in {("frame", 0.5), ("token", 0.5), ("video", 0.8)} or "mask" in n, n
+    for r in (20, 50, 80):
+        cfg = cfg_of(f"pretrain/ablations/videomap_b_k400_100e_mask{r}.yaml")
+        assert cfg.model.name == "videomap_base" and cfg.train.epochs == 100
+        assert cfg.pretrain.mask_ratio == r / 100 and cfg.pretrain.objective == "frame"
+        assert cfg.data.train_list == "data/k400/train.csv"
+    small = {n: cfg_of(n) for n in PRETRAIN if "k400small" in n}
+    assert len(small) == 5
+    for n, cfg in small.items():
+        assert cfg.train.epochs == 150 and cfg.data.train_list == "data/k400/train_10pct.csv", n
+    assert {(c.model.name, c.pretrain.objective) for c in small.values()} == {
+        ("videomap_middle", "frame"), ("videomap_middle", "token"), ("videomap_middle", "video"),
+        ("videomamba_middle", "video"), ("videomap_base", "frame")}
+    for n in [n for n in FINETUNE if "k400small" in n]:
+        cfg = cfg_of(n)
+        assert cfg.train.epochs == 25 and cfg.data.train_list == "data/k400/train_10pct.csv", n
+        assert cfg.data.val_list == "data/k400/val.csv", n
+
+
+RUNNERS = {"pretrain": run_pretrain, "finetune": run_finetune}
+
+
+@pytest.mark.parametrize("name", [rel(p) for p in CONFIGS])
+def test_one_training_step(name, data, tmp_path):
+    cfg = cfg_of(name)
+    if cfg.task not in RUNNERS:
+        pytest.skip(f"task {cfg.task!r} has no training step")
+    out = str(tmp_path / "run")
+    tiny = load_config(os.path.join(CONFIG_DIR, name), tiny_overrides(cfg, data, out))
+    # the recipe's own decisions survive the shrinking
+    for section in ("data", "finetune"):
+        a, b = getattr(cfg, section), getattr(tiny, section)
+        for key in ("sampling", "test_clips", "test_crops", "flip", "randaug", "list_format", "mixup", "head"):
+            if hasattr(a, key):
+                assert getattr(a, key) == getattr(b, key), key
+    assert (tiny.task, tiny.pretrain.objective, tiny.pretrain.mask_ratio) == (
+        cfg.task, cfg.pretrain.objective, cfg.pretrain.mask_ratio)
+    result = RUNNERS[tiny.task](tiny)
+    if cfg.task == "pretrain":
+        assert os.path.isfile(result["encoder"])
+    else:
+        assert os.path.isfile(os.path.join(out, "final", "model.safetensors"))
+        metrics = result["eval"]
+        assert metrics["count"] == 4  # every validation video, all views averaged into one prediction
+    assert result["global_step"] == 1
+    assert torch.isfinite(torch.tensor(result["train"]["loss"]))
