@@ -123,10 +123,10 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
     cx, theta, u = np.full_like(t, cx0), np.full_like(t, theta0), np.full_like(t, u0)
     pair, direction = divmod(label, 2)
     sign = 1.0 if direction == 0 else -1.0
-    if pair == 0:  # translation: 1.5-3 px per frame at 64 px
-        cx = cx0 + sign * float(rng.uniform(1.5, 3.0)) * size / 64 * t
+    if pair == 0:  # translation: 2.5-4 px per frame at 64 px
+        cx = cx0 + sign * float(rng.uniform(2.5, 4.0)) * size / 64 * t
     elif pair == 1:  # rotation: image y points down, so increasing theta turns clockwise on screen
-        theta = theta0 + sign * math.radians(float(rng.uniform(8.0, 16.0))) * t
+        theta = theta0 + sign * math.radians(float(rng.uniform(12.0, 20.0))) * t
     else:  # scale: at most one wrap per 16-frame clip
         u = u0 + sign * float(rng.uniform(0.6, 0.9)) / max(num_frames - 1, 1) * t
     u = np.mod(u, 1.0)
@@ -138,9 +138,9 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
     cos, sin = np.cos(theta), np.sin(theta)
     along = dx * cos + dy * sin  # coordinate along the bar
     across = -dx * sin + dy * cos
-    length = 0.22 * size * scale
-    half_width = np.maximum(0.04 * size * scale, 0.75)
-    radius = 0.08 * size * scale
+    length = 0.3 * size * scale
+    half_width = np.maximum(0.06 * size * scale, 0.75)
+    radius = 0.1 * size * scale
     bar = np.minimum(np.minimum(half_width - np.abs(across), along), length - along)
     tip = radius - np.sqrt((along - length) ** 2 + across**2)
     coverage = np.clip(np.maximum(bar, tip) + 0.5, 0.0, 1.0)  # anti-aliased edges, (T, H, W)

@@ -22,10 +22,10 @@ from ..data import make_synthetic_dataset
 from .finetune import run_evaluate, run_finetune
 from .pretrain import run_pretrain
 
-FULL = dict(num_unlabeled=384, num_train=192, num_val=96, frames=8, size=64, pre_epochs=8, ft_epochs=10,
-            embed_dim=96, depth=8, batch=16)
+FULL = dict(num_unlabeled=384, num_train=192, num_val=96, frames=8, size=64, pre_epochs=6, ft_epochs=25,
+            eval_every=5, embed_dim=96, depth=8, batch=16, pre_lr=1.5e-3, ft_lr=1e-3)
 QUICK = dict(num_unlabeled=32, num_train=32, num_val=12, frames=4, size=32, pre_epochs=1, ft_epochs=1,
-             embed_dim=32, depth=4, batch=8)
+             eval_every=1, embed_dim=32, depth=4, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
 
 
 def _base_overrides(p: dict) -> list[str]:
@@ -96,7 +96,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     pre_cfg = load_config(None, base + [
         "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame", "pretrain.teacher=pixel",
         "pretrain.mask_type=attention", "pretrain.mask_ratio=0.5", f"pretrain.decoder_dim={p['embed_dim']}",
-        "pretrain.decoder_depth=2", "pretrain.target_norm=none", f"train.epochs={p['pre_epochs']}", "blr=1.5e-3",
+        "pretrain.decoder_depth=2", "pretrain.target_norm=none", f"train.epochs={p['pre_epochs']}",
+        f"train.lr={p['pre_lr']}",
         f"train.output_dir={runs['pretrain']}", f"train.seed={seed}",
     ])
     pre = run_pretrain(pre_cfg)
@@ -109,7 +110,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
         t0 = time.time()
         ft_cfg = load_config(None, base + [
             "task=finetune", f"data.train_list={train_list}", f"data.val_list={val_list}",
-            f"train.epochs={p['ft_epochs']}", "blr=2e-3", "finetune.label_smoothing=0.1",
+            f"train.epochs={p['ft_epochs']}", f"train.lr={p['ft_lr']}", "finetune.label_smoothing=0.1",
+            f"train.eval_every_epochs={p['eval_every']}",
             f"train.output_dir={runs[label]}", f"train.seed={seed}",
         ] + ([f"model.pretrained={weights}"] if weights else []))
         run_finetune(ft_cfg)
