@@ -82,24 +82,27 @@ def test_regression_head_on_an_lvu_list(tmp_path, lists):
     assert head.shape[0] == 1
 
 
-def test_finetune_epoch_with_ten_percent_broken_files(tmp_path, lists, capsys):
+def test_finetune_epoch_with_ten_percent_broken_files_of_every_kind(tmp_path, lists, capsys, caplog):
     train, _ = lists
-    broken = make_broken_videos(tmp_path / "broken")
+    broken = make_broken_videos(tmp_path / "broken")  # missing, zero-byte, truncated (2 ways), text, 1 frame
     with open(train) as f:
-        good = f.read().splitlines()[:18]
-    bad_lines = [f"{p},0" for p in broken.values()]
+        good = f.read().splitlines()
+    lines = [good[i % len(good)] for i in range(9 * len(broken))]
+    for k, path in enumerate(broken.values()):  # one broken entry in every ten
+        lines.insert(10 * k + 5, f"{path},0")
     mixed = tmp_path / "mixed.csv"
-    lines = good[:9] + bad_lines[:1] + good[9:] + bad_lines[1:2]
     mixed.write_text("\n".join(lines) + "\n")
-    assert len(lines) == 20
+    assert len(lines) == 10 * len(broken)
     cfg = load_config(None, TINY + [f"data.train_list={mixed}", f"train.output_dir={tmp_path / 'ft'}",
-                                    "data.max_bad_fraction=0.2"])
+                                    "train.batch_size=6", "data.max_bad_fraction=0.15"])
     result = run_finetune(cfg)
-    assert result["global_step"] == 5  # the whole epoch ran: 20 samples / batch 4
+    assert result["global_step"] == 10  # the whole epoch ran: 60 samples / batch 6
     out = capsys.readouterr().out
-    assert "[data] epoch 0: " in out
-    for p in list(broken.values())[:2]:
-        assert out.count(p) == 1, f"{p} reported {out.count(p)} times"
+    assert f"[data] epoch 0: {len(broken)} " in out or str(len(broken)) in out.split("[data] epoch 0:")[1][:80]
+    logged = [r.getMessage() for r in caplog.records if r.name == "videomap.data"]
+    for path in broken.values():
+        assert out.count(path) == 1, f"{path} reported {out.count(path)} times in the epoch summary"
+        assert sum(path in m for m in logged) == 1, f"{path} logged {sum(path in m for m in logged)} times"
 
 
 def test_extract_slides_over_long_videos(tmp_path):
