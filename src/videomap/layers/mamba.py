@@ -20,6 +20,29 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+def left_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x`` for w (out, in) and x (B, in, L) of any strides, produced as a contiguous
+    (B, out, L) tensor (``torch.matmul`` computes it L-major and then copies it)."""
+    return torch.bmm(w.to(x.dtype).expand(x.shape[0], *w.shape), x)
+
+
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``Conv1d(E, E, K, groups=E, padding=K-1)(x)[..., :L]`` as K fused multiply-adds.
+
+    x: (B, E, L) contiguous, weight: (E, 1, K). On CPU the depthwise convolution kernel plus the
+    layout copies around it cost about twice as much at long L.
+    """
+    k, length = weight.shape[-1], x.shape[-1]
+    w = weight[:, 0, :, None].to(x.dtype)  # (E, K, 1); tap K-1 multiplies the current step
+    if bias is None:
+        out = x * w[:, k - 1]
+    else:
+        out = torch.addcmul(bias[:, None].to(x.dtype), x, w[:, k - 1])
+    for shift in range(1, min(k, length)):
+        out[..., shift:].addcmul_(x[..., : length - shift], w[:, k - 1 - shift])
+    return out
+
+
 class BiMamba(nn.Module):
     """Mamba-1 mixer scanning the sequence forwards and backwards.
 
@@ -67,27 +90,33 @@ class BiMamba(nn.Module):
             setattr(self, f"D{sfx}", d)
 
     def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
-        """One Mamba pass over (B, E, L) inputs; returns the gated SSM output (B, E, L)."""
+        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L).
+
+        Projections multiply the weight from the left so that every (B, channels, L) tensor is
+        produced contiguous: at long L, layout copies otherwise cost more than the scan itself.
+        """
         conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
         x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
         dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
         a_log = self.A_log if sfx == "" else self.A_b_log
         d = getattr(self, f"D{sfx}")
-        length = x.shape[-1]
-        x = F.silu(conv(x)[..., :length])  # causal: left context only
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias goes into the scan as delta_bias
+        x = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias))  # causal: left context only
+        x_dbl = left_matmul(x_proj.weight, x)  # (B, R + 2N, L)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = left_matmul(dt_proj.weight, dt)  # (B, E, L); the bias goes into the scan
         a = -torch.exp(a_log.float())
         return ops.selective_scan(
-            x, dt, a, b.transpose(1, 2), c.transpose(1, 2), d.float(), z=z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True,
+            x, delta, a, b, c, d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model)."""
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)
+        ht = hidden.transpose(1, 2)  # (B, d, L) view; the matmuls below read it without a copy
+        w = self.in_proj.weight
+        x, z = left_matmul(w[: self.d_inner], ht), left_matmul(w[self.d_inner:], ht)  # (B, E, L) each
+        if self.in_proj.bias is not None:
+            x = x + self.in_proj.bias[: self.d_inner, None].to(x.dtype)
+            z = z + self.in_proj.bias[self.d_inner:, None].to(z.dtype)
         y = self._direction(x, z, "")
         if self.bidirectional:
             y_b = self._direction(x.flip(-1), z.flip(-1), "_b").flip(-1)
