@@ -65,3 +65,19 @@ def test_mixer_init_follows_mamba():
     wiped = create_model("videomamba_tiny", num_classes=4, img_size=32, num_frames=2, depth=2,
                          keep_dt_bias_init=False)
     assert wiped.layers[0].mixer.dt_proj.bias.abs().max() == 0  # as VideoMamba's released code
+
+
+def test_causal_conv_matches_conv1d_with_gradients():
+    from videomap.layers.mamba import causal_depthwise_conv1d
+
+    torch.manual_seed(0)
+    for length in (1, 2, 3, 11):
+        x = torch.randn(2, 6, length, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(6, 1, 4, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        ours = causal_depthwise_conv1d(x, w, b)
+        ref = F.conv1d(x, w, b, padding=3, groups=6)[..., :length]
+        assert torch.allclose(ours, ref)
+        g = torch.randn_like(ref)
+        assert all(torch.allclose(a, r) for a, r in zip(torch.autograd.grad(ours, (x, w, b), g),
+                                                        torch.autograd.grad(ref, (x, w, b), g)))

@@ -38,8 +38,8 @@ def make_loss(cfg: JobConfig, num_classes: int):
     def loss_fn(model: nn.Module, batch):
         x, y = batch[0], batch[1]
         target = None
-        if mixup is not None:
-            x, target = mixup(x, y)
+        if mixup is not None:  # drawn from the global RNG, which checkpoints save, so resumes are exact
+            x, target = mixup(x, y, generator=torch.default_generator)
         out = model(x)
         logits, extra = (out if isinstance(out, tuple) else (out, None))
         if f.head == "regression":
