@@ -22,7 +22,7 @@ from ..data import make_synthetic_dataset
 from .finetune import run_evaluate, run_finetune
 from .pretrain import run_pretrain
 
-FULL = dict(num_unlabeled=384, num_train=192, num_val=96, frames=8, size=64, pre_epochs=6, ft_epochs=25,
+FULL = dict(num_unlabeled=384, num_train=192, num_val=96, frames=8, size=64, pre_epochs=8, ft_epochs=15,
             eval_every=5, embed_dim=96, depth=8, batch=16, pre_lr=1.5e-3, ft_lr=1e-3)
 QUICK = dict(num_unlabeled=32, num_train=32, num_val=12, frames=4, size=32, pre_epochs=1, ft_epochs=1,
              eval_every=1, embed_dim=32, depth=4, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
