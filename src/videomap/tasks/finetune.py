@@ -24,12 +24,23 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+def head_outputs(cfg: JobConfig, num_classes: int) -> int:
+    """Outputs of the head: one for a regression head, else the dataset's class count."""
+    if cfg.finetune.head not in ("classification", "regression"):
+        raise ValueError(f"finetune.head: expected 'classification' or 'regression', got {cfg.finetune.head!r}")
+    return 1 if cfg.finetune.head == "regression" else num_classes
+
+
+def student_of(model: nn.Module) -> nn.Module:
+    """The classifier inside a self-distillation wrapper (the model itself otherwise)."""
+    return getattr(model, "student", model)
+
+
 def make_loss(cfg: JobConfig, num_classes: int):
     """Cross-entropy with label smoothing and Mixup/CutMix when enabled (soft targets), or MSE for a
     regression head; plus the weighted feature loss when the model is a self-distillation wrapper."""
     f = cfg.finetune
-    if f.head not in ("classification", "regression"):
-        raise ValueError(f"finetune.head: expected 'classification' or 'regression', got {f.head!r}")
+    head_outputs(cfg, num_classes)  # validates finetune.head
     mixup = None
     if f.head == "classification" and (f.mixup > 0 or f.cutmix > 0):
         mixup = Mixup(num_classes, mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, switch_prob=f.mixup_switch_prob,
@@ -72,7 +83,7 @@ def build_distiller(cfg: JobConfig, student: nn.Module) -> nn.Module:
 def evaluate_views(model: nn.Module, loader, device: torch.device, regression: bool = False) -> dict[str, float]:
     """Multi-view evaluation: clips x crops per video, per-view softmax averaged (top-1/top-5), or
     the view-averaged prediction's squared error for a regression head; all-reduced over ranks."""
-    model = getattr(model, "student", model)  # a distillation wrapper is evaluated on its student
+    model = student_of(model)  # a distillation wrapper is evaluated on its student
     acc = AccuracyAccumulator(device=device)
     sq = torch.zeros(2, dtype=torch.float64, device=device)  # sum of squared errors, count
     for batch in loader:
@@ -97,8 +108,7 @@ def evaluate_views(model: nn.Module, loader, device: torch.device, regression: b
 def run_finetune(cfg: JobConfig) -> dict:
     train_set = build_dataset(cfg, "train")
     regression = cfg.finetune.head == "regression"
-    model = build_model(cfg, num_classes=1 if regression else train_set.num_classes)
-    model = build_distiller(cfg, model)
+    model = build_distiller(cfg, build_model(cfg, num_classes=head_outputs(cfg, train_set.num_classes)))
     evaluate_fn = None
     if cfg.data.val_list:
         val_set = build_dataset(cfg, "val", mode="test")
@@ -107,8 +117,7 @@ def run_finetune(cfg: JobConfig) -> dict:
         def evaluate_fn(m):
             return evaluate_views(m, loader, next(m.parameters()).device, regression)
 
-    num_classes = getattr(model, "student", model).num_classes
-    trainer = Trainer(model, make_loss(cfg, num_classes), train_set, train_config(cfg),
+    trainer = Trainer(model, make_loss(cfg, student_of(model).num_classes), train_set, train_config(cfg),
                       evaluate_fn=evaluate_fn)
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
@@ -116,7 +125,7 @@ def run_finetune(cfg: JobConfig) -> dict:
     if is_main_process():
         if train_set.bad_samples():
             log.warning("%s", train_set.bad_sample_summary())
-        getattr(model, "student", model).save_pretrained(output_path(cfg, "final"))
+        student_of(model).save_pretrained(output_path(cfg, "final"))
     return result
 
 
@@ -127,7 +136,7 @@ def run_evaluate(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, flo
     if not ckpt:
         raise ValueError("evaluate needs weights: pass --checkpoint or set model.pretrained")
     regression = cfg.finetune.head == "regression"
-    model = build_model(cfg, num_classes=1 if regression else test_set.num_classes, pretrained="")
+    model = build_model(cfg, num_classes=head_outputs(cfg, test_set.num_classes), pretrained="")
     load_checkpoint(model, ckpt, strict=True)
     device = default_device()
     model.to(device).eval()
