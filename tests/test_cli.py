@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
+from tests.helpers import tiny_model
 from videomap.cli import main
 from videomap.config import load_config, parse_override
-from videomap.data import make_synthetic_dataset
-from videomap.models import create_model, load_checkpoint
+from videomap.models import create_model, load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
@@ -51,9 +51,8 @@ def test_shipped_configs_parse_and_build(path):
 
 
 @pytest.fixture(scope="module")
-def video_lists(tmp_path_factory):
-    d = tmp_path_factory.mktemp("videos")
-    return make_synthetic_dataset(d, num_train=12, num_val=6, num_frames=8, size=32, seed=0)
+def video_lists(synthetic_videos):
+    return synthetic_videos(num_train=12, num_val=6)
 
 
 def test_pretrain_command_writes_a_loadable_encoder(tmp_path, video_lists):
@@ -65,8 +64,8 @@ def test_pretrain_command_writes_a_loadable_encoder(tmp_path, video_lists):
                "train.epochs=1", "train.amp=none", "train.num_workers=0", "train.tensorboard=false",
                f"train.output_dir={out}"])
     assert rc == 0
-    clf = create_model("videomap_tiny", num_classes=6, img_size=32, num_frames=4, depth=4, embed_dim=32, attn_every=2)
-    missing, unexpected = load_checkpoint(clf, out / "encoder.safetensors", strict=True)
+    clf = tiny_model("videomap_tiny", num_classes=6)
+    missing, unexpected = load_pretrained(clf, out / "encoder.safetensors", strict=True)
     assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
     assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists()
 

@@ -18,7 +18,6 @@ import torch
 
 from videomap import create_model, list_models
 from videomap.config import load_config
-from videomap.data import make_synthetic_dataset
 from videomap.tasks.finetune import run_finetune
 from videomap.tasks.pretrain import run_pretrain
 
@@ -48,14 +47,14 @@ PRETRAIN = shipped("pretrain/")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(synthetic_videos, tmp_path_factory):
     """Generated videos (train/val ``path,label`` lists) plus the same clips as an LVU-style list."""
     d = tmp_path_factory.mktemp("configs_data")
-    train, val = make_synthetic_dataset(d, num_train=8, num_val=4, num_frames=8, size=IMG)
+    train, val = synthetic_videos(num_train=8, num_val=4, size=IMG)
     lists = {"video": (train, val)}
     lvu = []
     for src in (train, val):
-        dst = src.replace(".csv", "_lvu.csv")
+        dst = str(d / os.path.basename(src).replace(".csv", "_lvu.csv"))
         with open(src) as fin, open(dst, "w") as fout:
             for i, line in enumerate(fin):
                 path, label = line.strip().split(",")
@@ -255,3 +254,46 @@ def test_one_training_step(name, data, tmp_path):
         assert metrics["count"] == 4  # every validation video, all views averaged into one prediction
     assert result["global_step"] == 1
     assert torch.isfinite(torch.tensor(result["train"]["loss"]))
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("pretrain.objective", "frames", "'frame', 'token', 'video'"),
+    ("pretrain.mask_type", "tubes", "'attention'"),
+    ("pretrain.teacher", "dino", "'clip', 'pixel'"),
+    ("finetune.head", "ranking", "'classification', 'regression'"),
+    ("extract.format", "h5", "'safetensors', 'npy'"),
+    ("extract.pool", "max", "'cls', 'mean'"),
+    ("data.sampling", "uniform", "'segment', 'dense'"),
+    ("train.amp", "fp8", "'none', 'bf16', 'fp16'"),
+])
+def test_choices_are_validated_when_the_job_is_loaded(key, value, valid):
+    """A wrong choice fails at load time, naming the key and the valid values (not deep inside a
+    runner after the dataset has been built)."""
+    with pytest.raises(ValueError, match=rf"{key}: expected one of {valid}.*got '{value}'"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_types_come_from_the_annotations():
+    cfg = load_config(None, ["train.lr=1e-3", "train.betas=[0.9, 0.95]", "data.crop_scale=[0.5, 1]",
+                             "train.clip_grad=null", "model.num_classes=5"])
+    assert cfg.train.lr == 1e-3 and cfg.train.betas == (0.9, 0.95) and cfg.data.crop_scale == (0.5, 1.0)
+    assert cfg.train.clip_grad is None and cfg.model.num_classes == 5
+    with pytest.raises(ValueError, match="train.epochs: expected an integer"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ValueError, match="data.flip: expected true or false"):
+        load_config(None, ["data.flip=maybe"])
+    assert cfg.is_given("train.lr") and cfg.is_given("train") and not cfg.is_given("model.name")
+
+
+def test_job_file_task_must_match_the_command(tmp_path, capsys):
+    from videomap.cli import main
+
+    pre = os.path.join(CONFIG_DIR, "pretrain", "videomap_m_k400.yaml")
+    with pytest.raises(ValueError, match="task is 'pretrain', but this is `videomap finetune`"):
+        load_config(pre, command="finetune")
+    assert load_config(pre, command="pretrain").task == "pretrain"
+    assert main(["finetune", "--config", pre, f"train.output_dir={tmp_path}"]) == 2
+    assert "videomap pretrain" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # refused before anything was built or written
+    ft = FINETUNE[0]
+    assert load_config(os.path.join(CONFIG_DIR, ft), command="evaluate").task == "finetune"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -14,7 +15,6 @@ from torch.utils.data import DataLoader
 
 from videomap.data import (
     SYNTHETIC_CLASSES,
-    AccuracyAccumulator,
     BadDataError,
     FrameFolderReader,
     Mixup,
@@ -22,8 +22,6 @@ from videomap.data import (
     RandomErasing,
     VideoClsDataset,
     VideoDecodeError,
-    accuracy,
-    average_view_probs,
     center_crop,
     decode_frames,
     dense_indices,
@@ -40,9 +38,9 @@ from videomap.data import (
     sample_clip_indices,
     segment_indices,
     spatial_crops,
-    three_crop,
     write_video,
 )
+from videomap.finetune.metrics import AccuracyAccumulator, accuracy, average_view_probs
 
 BITS = 9  # frame index encoded as 9 black/white stripes (up to 512 frames)
 
@@ -71,7 +69,7 @@ def _read_index(frame: np.ndarray | torch.Tensor) -> int:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, synthetic_videos):
     root = tmp_path_factory.mktemp("media")
     paths = {}
     paths["bright"] = write_video(
@@ -324,7 +322,7 @@ def test_resize_and_crops():
     clip = torch.arange(60, dtype=torch.float32).view(1, 1, 1, 60).expand(3, 2, 40, 60).contiguous()
     assert resize_short_side(clip, 20).shape == (3, 2, 20, 30)
     assert resize_short_side(clip.transpose(2, 3), 20).shape == (3, 2, 30, 20)
-    crops = three_crop(clip, 40)
+    crops = spatial_crops(clip, 40, 3)
     assert [c.shape for c in crops] == [(3, 2, 40, 40)] * 3
     assert [float(c[0, 0, 0, 0]) for c in crops] == [0.0, 10.0, 20.0]
     portrait = clip.transpose(2, 3)  # (3, 2, 60, 40): crops go top / middle / bottom
@@ -338,17 +336,18 @@ def test_resize_and_crops():
 def test_mixup_soft_targets():
     x = torch.randn(6, 3, 4, 16, 16)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
-    mix = Mixup(num_classes=5, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, seed=0)
+    mix = Mixup(num_classes=5, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    g = torch.Generator().manual_seed(0)
     for _ in range(6):
-        xm, soft = mix(x, y)
+        xm, soft = mix(x, y, generator=g)
         assert xm.shape == x.shape and soft.shape == (6, 5)
         assert torch.allclose(soft.sum(1), torch.ones(6))
         assert bool((soft > 0).all())
     # CutMix only: the label weight equals the pasted area, the box is the same in every frame.
-    cut = Mixup(num_classes=5, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, seed=1)
+    cut = Mixup(num_classes=5, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
     xs = torch.zeros(2, 3, 4, 16, 16)
     xs[1] = 1.0
-    xm, soft = cut(xs, torch.tensor([0, 1]))
+    xm, soft = cut(xs, torch.tensor([0, 1]), generator=torch.Generator().manual_seed(1))
     pasted = float(xm[0].mean())
     assert soft[0, 1].item() == pytest.approx(pasted, abs=1e-6)
     assert _frames_identical(xm[0])
@@ -356,12 +355,34 @@ def test_mixup_soft_targets():
     off = Mixup(num_classes=4, prob=0.0, label_smoothing=0.2)
     xm, soft = off(xs, torch.tensor([0, 3]))
     assert xm is xs and torch.allclose(soft[0], torch.tensor([0.85, 0.05, 0.05, 0.05]))
-    # A saved generator state reproduces the same mix.
-    state = mix.state_dict()
-    first = mix(x, y)
-    mix.load_state_dict(state)
-    second = mix(x, y)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_mixup_draws_come_from_the_given_generator():
+    x = torch.randn(6, 3, 4, 16, 16)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    mix = Mixup(num_classes=5, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1)
+    saved = torch.get_rng_state()
+    try:
+        # An explicit generator: same seed, same mix; the global RNG is left untouched.
+        before = torch.get_rng_state()
+        first = [mix(x, y, generator=torch.Generator().manual_seed(s)) for s in range(8)]
+        assert torch.equal(torch.get_rng_state(), before)
+        second = [mix(x, y, generator=torch.Generator().manual_seed(s)) for s in range(8)]
+        for (xa, ya), (xb, yb) in zip(first, second):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert len({tuple(m[1][0].tolist()) for m in first}) > 1  # the seed matters
+        # No generator: the global RNG, so restoring its saved state (as a resumed checkpoint
+        # does) reproduces the same mixes, identical to passing torch.default_generator.
+        torch.manual_seed(123)
+        state = torch.get_rng_state()
+        a = [mix(x, y) for _ in range(3)]
+        assert not torch.equal(torch.get_rng_state(), state)  # the draws advanced the global stream
+        torch.set_rng_state(state)
+        b = [mix(x, y, generator=torch.default_generator) for _ in range(3)]
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    finally:
+        torch.set_rng_state(saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,3 +569,37 @@ def test_dataset_on_frame_folders(tmp_path):
     means = clip.mean(dim=(0, 2, 3))
     assert bool((means[1:] > means[:-1]).all())  # segment centres in temporal order
     assert ds[2][2] == 0 and [b.reason for b in ds.bad_samples()] == ["file not found"]
+
+
+def _collect_and_close_in_child(reader, queue):
+    gc.collect()  # would free the parent's FFmpeg objects here, waiting on threads the child lacks
+    reader.close()  # closing a reader the parent opened must not free them either
+    queue.put("ok")
+
+
+def test_forked_worker_never_frees_ffmpeg_objects_it_inherited(media):
+    """A DataLoader worker is a fork: FFmpeg objects of the parent (with their worker threads) must
+    not be freed in the child, where those threads do not exist; it used to hang the worker."""
+    import multiprocessing as mp
+
+    cyclic = open_video(_first_video(media["train"]))
+    cyclic.get_frames([0, 3])  # decode: the decoder and converter start their threads here
+    cyclic.self_ref = cyclic  # a reference cycle only the garbage collector frees
+    held = open_video(_first_video(media["train"]))
+    held.get_frames([1])
+    del cyclic
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_collect_and_close_in_child, args=(held, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and queue.get(timeout=5) == "ok"
+    assert held.get_frames([2]).shape[0] == 1  # the parent's reader still works
+    held.close()
+
+
+def _first_video(list_file):
+    with open(list_file) as f:
+        return f.readline().split(",")[0]

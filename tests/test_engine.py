@@ -3,8 +3,8 @@ crash-safe checkpoints with exact resumption, and 2-process DDP/FSDP on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.engine_scripts import toy
 from videomap.engine import (
     NonFiniteLossError,
     ShardedEvalSampler,
@@ -31,21 +32,17 @@ from videomap.engine import (
     find_latest_checkpoint,
     is_complete_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    load_latest_checkpoint,
-    load_weights,
+    load_latest_train_state,
+    load_train_state,
     resolve_amp,
     restore_rng_state,
-    save_weights,
     scale_lr,
 )
 from videomap.engine.checkpoint import MARKER_FILE, MODEL_FILE, STATE_FILE
+from videomap.io import load_safetensors, save_safetensors
 
 SCRIPTS = Path(__file__).resolve().parent / "engine_scripts"
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("videomap_engine_toy", SCRIPTS / "toy.py")
-toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy)
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
@@ -84,6 +81,9 @@ class _GroupsModel(nn.Module):
         self.mixer = nn.Module()
         self.mixer.A_log = nn.Parameter(torch.zeros(8, 4))
         self.mixer.A_b_log = nn.Parameter(torch.zeros(8, 4))
+        self.mixer.A_log._no_weight_decay = True  # flagged where created, as the Mamba mixer does
+        self.mixer.A_b_log._no_weight_decay = True
+        self.mixer.A_unflagged = nn.Parameter(torch.zeros(8, 4))  # the engine matches no names: decays
         self.mixer.D = nn.Parameter(torch.ones(8))
         self.mixer.D_b = nn.Parameter(torch.ones(8))
         self.mixer.D_proj = nn.Linear(8, 8)  # 'D_proj.weight' must still decay
@@ -94,7 +94,7 @@ class _GroupsModel(nn.Module):
         self.head = nn.Linear(8, 2)
 
     def no_weight_decay(self):
-        return {"special"}
+        return {"special", "pos_embed", "temporal_pos_embedding", "cls_token", "mask_token"}
 
 
 class _LayeredModel(nn.Module):
@@ -128,7 +128,7 @@ def test_no_decay_groups():
         "mixer.D", "mixer.D_b", "mixer.D_proj.bias", "Dense.bias", "norm.weight", "norm.bias", "special",
         "head.bias",
     }
-    assert decay == {"mixer.D_proj.weight", "Dense.weight", "head.weight"}
+    assert decay == {"mixer.D_proj.weight", "Dense.weight", "head.weight", "mixer.A_unflagged"}
     assert "frozen" not in no_decay | decay
     assert all(g["lr_scale"] == 1.0 and g["lr"] == 1e-3 for g in opt.param_groups)
 
@@ -212,16 +212,17 @@ def test_nan_guard_names_step_and_writes_no_checkpoint(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     assert (tmp_path / "latest.txt").read_text().strip() == "checkpoint-2"
     # The surviving checkpoint holds finite weights.
-    weights, _ = load_checkpoint(tmp_path / "checkpoint-2")
+    weights, _ = load_train_state(tmp_path / "checkpoint-2")
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_metrics_files_and_plot(tmp_path, capsys):
+def test_metrics_files_and_plot(tmp_path, caplog):
     cfg = _cfg(tmp_path, epochs=2, plot=True, log_every=3, ema_decay=0.5, amp="bf16")
     trainer = Trainer(toy.make_model(0.1), toy.loss_fn, toy.NoisyDataset(48), cfg,
                       evaluate_fn=lambda m: {"accuracy": 0.25 + 0.1 * trainer.epoch})
-    summary = trainer.fit()
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="videomap"):
+        summary = trainer.fit()
+    printed = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("videomap.engine"))
     assert "[train] epoch 1/2 step 3/24" in printed and "clips/s" in printed and "eta" in printed
     assert summary["eval"]["accuracy"] == pytest.approx(0.45) and "ema_accuracy" in summary["eval"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -243,8 +244,8 @@ def test_safetensors_tied_and_non_contiguous(tmp_path):
     w = torch.randn(4, 6)
     sd = {"emb.weight": w, "head.weight": w, "t": torch.randn(6, 4).t(), "slice": w[1:3],
           "b": torch.arange(3)}
-    save_weights(sd, tmp_path / "w.safetensors")
-    back = load_weights(tmp_path / "w.safetensors")
+    save_safetensors(sd, tmp_path / "w.safetensors")
+    back = load_safetensors(tmp_path / "w.safetensors")
     assert set(back) == set(sd)
     for k in sd:
         assert torch.equal(back[k], sd[k])
@@ -264,7 +265,7 @@ def test_rng_state_roundtrip_weights_only(tmp_path):
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
-def test_partial_and_corrupted_checkpoints_are_never_loaded(tmp_path, capsys):
+def test_partial_and_corrupted_checkpoints_are_never_loaded(tmp_path, capsys, caplog):
     cfg = _cfg(tmp_path, epochs=1, save_every_steps=2, keep_last=None, max_steps=4)
     Trainer(toy.make_model(), toy.loss_fn, toy.NoisyDataset(48), cfg).fit()
     capsys.readouterr()
@@ -292,15 +293,15 @@ def test_partial_and_corrupted_checkpoints_are_never_loaded(tmp_path, capsys):
     assert not is_complete_checkpoint(tmp_path / "checkpoint-8")
     assert find_latest_checkpoint(tmp_path).name == "checkpoint-7"
     with pytest.warns(UserWarning, match="checkpoint-7"):
-        path, _, state = load_latest_checkpoint(tmp_path)
+        path, _, state = load_latest_train_state(tmp_path)
     assert path == good and state["global_step"] == 4
 
     cfg2 = _cfg(tmp_path, epochs=1, save_every_steps=2, keep_last=None, max_steps=6)
     trainer = Trainer(toy.make_model(), toy.loss_fn, toy.NoisyDataset(48), cfg2)
-    with pytest.warns(UserWarning, match="skipping unreadable"):
+    with pytest.warns(UserWarning, match="skipping unreadable"), caplog.at_level(logging.INFO, logger="videomap"):
         trainer.fit(resume=True)
     assert trainer.resumed_from == good and trainer.global_step == 6
-    assert "resumed from" in capsys.readouterr().out
+    assert any("resumed from" in r.getMessage() for r in caplog.records)
     assert not partial.exists()  # leftovers of interrupted saves are cleaned up
     assert (tmp_path / "latest.txt").read_text().strip() == "checkpoint-6"
     # A fresh (non-resume) run refuses to mix its checkpoints with an existing run's.
@@ -362,8 +363,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, capsys):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout and "at step 8 (epoch 1, step 2 of the epoch)" in resumed.stdout
 
-    w_ref, s_ref = load_checkpoint(ref_dir / "checkpoint-18")
-    w_run, s_run = load_checkpoint(run_dir / "checkpoint-18")
+    w_ref, s_ref = load_train_state(ref_dir / "checkpoint-18")
+    w_run, s_run = load_train_state(run_dir / "checkpoint-18")
     _tensors_equal(w_ref, w_run)
     _tensors_equal(s_ref["ema"], s_run["ema"])
     _tensors_equal(s_ref["optimizer"]["state"], s_run["optimizer"]["state"])
@@ -411,7 +412,7 @@ def test_torchrun_ddp_and_fsdp_match_single_process(tmp_path, capsys):
     log, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, log
     for mode in ("ddp", "fsdp", "ddp_drop0.3"):
-        weights, first = load_checkpoint(out / mode / "checkpoint-12")
+        weights, first = load_train_state(out / mode / "checkpoint-12")
         if "drop" not in mode:  # with dropout the ranks draw different masks than one process would
             assert set(weights) == set(ref_state)
             for k, v in ref_state.items():
@@ -420,7 +421,7 @@ def test_torchrun_ddp_and_fsdp_match_single_process(tmp_path, capsys):
         evals = [r for r in evals if r["split"] == "eval"]
         assert evals and all(r["seen_min"] == 1 and r["seen_max"] == 1 and r["seen_sum"] == 11 for r in evals)
         # Resuming from step 8 reproduces step 12 exactly (per-rank RNG states are restored).
-        w_again, again = load_checkpoint(out / f"{mode}-resumed" / "checkpoint-12")
+        w_again, again = load_train_state(out / f"{mode}-resumed" / "checkpoint-12")
         _tensors_equal(weights, w_again)
         _tensors_equal(first["optimizer"]["state"], again["optimizer"]["state"])
         assert len(first["rng"]) == 2

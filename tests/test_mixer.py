@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _official import official_videomamba_state_dict
+from tests.helpers import official_videomamba_state_dict
 from videomap.layers import BiMamba
 from videomap.models import create_model
 from videomap.ops import selective_scan_ref

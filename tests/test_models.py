@@ -6,15 +6,14 @@ import pytest
 import torch
 
 import videomap
-from videomap.models import create_model, list_models, load_checkpoint
-
-TINY = dict(num_classes=5, img_size=32, num_frames=4)
+from tests.helpers import tiny_model
+from videomap.models import create_model, list_models, load_pretrained
 
 
 def tiny(name: str, **kw):
-    depth = {"videomamba": 2, "videomap": 4, "vit": 2}[name.split("_")[0]]
-    extra = {"attn_every": 2} if name.startswith("videomap") else {}
-    return create_model(name, **{**TINY, "depth": depth, **extra, **kw})
+    """Test-size depth at the registry width (192), where these shape and training checks were set."""
+    width = {"embed_dim": 192, **({"num_heads": 3} if name.startswith("vit") else {})}
+    return tiny_model(name, **{"num_classes": 5, **width, **kw})
 
 
 @pytest.mark.parametrize("name", ["videomamba_tiny", "videomap_tiny", "vit_tiny"])
@@ -90,7 +89,7 @@ def test_pos_embed_resizing_on_the_fly_matches_loaded_model(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(src.state_dict(), path)
     dst = tiny("videomamba_tiny", num_frames=8, img_size=64).eval()
-    load_checkpoint(dst, path)
+    load_pretrained(dst, path)
     assert dst.temporal_pos_embedding.shape == (1, 8, dst.embed_dim)
     assert dst.pos_embed.shape == (1, 1 + 16, dst.embed_dim)
     # a linear ramp in time stays a ramp's endpoints-preserving resize: first/last stay close

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from videomap.models import create_model, load_checkpoint
+from tests.helpers import tiny_model
+from videomap.models import create_model, load_pretrained
 from videomap.pretrain import (
     ARDecoder,
     CachedTeacher,
@@ -23,10 +24,7 @@ GRID = (4, 2, 2)  # t, h, w for 4 frames at 32x32, patch 16
 
 
 def tiny_encoder(name: str = "videomap_tiny", num_classes: int = 0, **kw):
-    depth = {"videomamba": 2, "videomap": 4, "vit": 2}[name.split("_")[0]]
-    extra = {"attn_every": 2} if name.startswith("videomap") else {}
-    return create_model(name, num_classes=num_classes, img_size=32, num_frames=4, depth=depth, embed_dim=32,
-                        **({"num_heads": 2} if name.startswith("vit") else {}), **extra, **kw)
+    return tiny_model(name, num_classes=num_classes, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +264,7 @@ def test_saved_encoder_loads_with_only_head_missing(tmp_path):
     pt = MaskedPretrainer(tiny_encoder(), PixelTeacher(16), mask_type="tube", decoder_dim=16, decoder_depth=1)
     path = pt.save_encoder(tmp_path / "enc.safetensors")
     clf = tiny_encoder(num_classes=7)
-    missing, unexpected = load_checkpoint(clf, path, strict=True)
+    missing, unexpected = load_pretrained(clf, path, strict=True)
     assert sorted(missing) == ["head.bias", "head.weight"] and unexpected == []
     assert torch.equal(clf.layers[0].mixer.A_log, pt.encoder.layers[0].mixer.A_log)
     clf2 = create_model("videomap_tiny", num_classes=7, img_size=32, num_frames=4, depth=4, embed_dim=32,

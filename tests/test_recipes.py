@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from videomap.config import load_config
-from videomap.data import make_broken_videos, make_synthetic_dataset, write_video
+from videomap.data import make_broken_videos, write_video
+from videomap.finetune import FeatureDistiller
 from videomap.models import create_model
-from videomap.pretrain import FeatureDistiller
 from videomap.tasks.extract import run_extract, window_starts
 from videomap.tasks.finetune import run_finetune
 
@@ -22,8 +23,8 @@ TINY = ["model.name=videomap_tiny", "model.img_size=32", "model.num_frames=4",
 
 
 @pytest.fixture(scope="module")
-def lists(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("v"), num_train=20, num_val=4, num_frames=8, size=32)
+def lists(synthetic_videos):
+    return synthetic_videos(num_train=20, num_val=4)
 
 
 def test_self_distillation_reduces_feature_loss():
@@ -82,7 +83,7 @@ def test_regression_head_on_an_lvu_list(tmp_path, lists):
     assert head.shape[0] == 1
 
 
-def test_finetune_epoch_with_ten_percent_broken_files_of_every_kind(tmp_path, lists, capsys, caplog):
+def test_finetune_epoch_with_ten_percent_broken_files_of_every_kind(tmp_path, lists, caplog):
     train, _ = lists
     broken = make_broken_videos(tmp_path / "broken")  # missing, zero-byte, truncated (2 ways), text, 1 frame
     with open(train) as f:
@@ -95,11 +96,12 @@ def test_finetune_epoch_with_ten_percent_broken_files_of_every_kind(tmp_path, li
     assert len(lines) == 10 * len(broken)
     cfg = load_config(None, TINY + [f"data.train_list={mixed}", f"train.output_dir={tmp_path / 'ft'}",
                                     "train.batch_size=6", "data.max_bad_fraction=0.15"])
-    result = run_finetune(cfg)
+    with caplog.at_level(logging.INFO, logger="videomap"):
+        result = run_finetune(cfg)
     assert result["global_step"] == 10  # the whole epoch ran: 60 samples / batch 6
-    out = capsys.readouterr().out
+    out = "\n".join(r.getMessage() for r in caplog.records if r.name == "videomap.engine.trainer")
     assert f"[data] epoch 0: {len(broken)} " in out or str(len(broken)) in out.split("[data] epoch 0:")[1][:80]
-    logged = [r.getMessage() for r in caplog.records if r.name == "videomap.data"]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("videomap.data")]
     for path in broken.values():
         assert out.count(path) == 1, f"{path} reported {out.count(path)} times in the epoch summary"
         assert sum(path in m for m in logged) == 1, f"{path} logged {sum(path in m for m in logged)} times"

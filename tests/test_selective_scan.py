@@ -11,14 +11,14 @@ import textwrap
 import pytest
 import torch
 
-from videomap.ops import _kernel, selective_scan, selective_scan_backend, selective_scan_ref, torch_scan
+from videomap.ops import cpu_build, selective_scan, selective_scan_backend, selective_scan_ref, torch_scan
 from videomap.ops.torch_scan import TorchScanFn
 
 TOL = 1e-5  # fp32 vs float64 reference, relative to the largest reference magnitude per tensor
 
 needs_kernel = pytest.mark.skipif(
-    _kernel.find_compiler() is None or _kernel.get_kernel() is None,
-    reason=f"C kernel unavailable (no compiler or build failed): {_kernel.kernel_error()}",
+    cpu_build.find_compiler() is None or cpu_build.get_kernel() is None,
+    reason=f"C kernel unavailable (no compiler or build failed): {cpu_build.kernel_error()}",
 )
 
 
@@ -150,7 +150,7 @@ def test_random_shapes_all_paths(shape, monkeypatch):
     inputs = make_inputs(*shape, regime="normal", seed=hash(shape) % 1000)
     ref = run(selective_scan_ref, inputs, torch.float64)
     fns = [torch_path("loop"), torch_path("doubling")]
-    if _kernel.find_compiler() is not None and _kernel.get_kernel() is not None:
+    if cpu_build.find_compiler() is not None and cpu_build.get_kernel() is not None:
         fns.append(selective_scan)
     for fn in fns:
         assert_close_to_ref(run(fn, inputs, torch.float32), ref)
@@ -191,7 +191,7 @@ def test_gradcheck_float64(method, opts, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
 def test_large_delta_stays_finite(backend, monkeypatch):
-    if backend == "kernel" and (_kernel.find_compiler() is None or _kernel.get_kernel() is None):
+    if backend == "kernel" and (cpu_build.find_compiler() is None or cpu_build.get_kernel() is None):
         pytest.skip("C kernel unavailable")
     if backend == "torch":
         monkeypatch.setenv("VIDEOMAP_DISABLE_KERNEL", "1")
@@ -266,7 +266,7 @@ def _saved_numel(fn, inputs):
 
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
 def test_autograd_saves_inputs_and_chunk_carries_only(backend, monkeypatch):
-    if backend == "kernel" and (_kernel.find_compiler() is None or _kernel.get_kernel() is None):
+    if backend == "kernel" and (cpu_build.find_compiler() is None or cpu_build.get_kernel() is None):
         pytest.skip("C kernel unavailable")
     if backend == "torch":
         monkeypatch.setenv("VIDEOMAP_DISABLE_KERNEL", "1")
@@ -293,9 +293,9 @@ def test_backend_reporting_and_log(caplog):
 
 
 def test_kernel_unavailable_falls_back_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(_kernel, "_cached", None)
-    monkeypatch.setattr(_kernel, "_error", None)
-    monkeypatch.setattr(_kernel, "find_compiler", lambda: None)
+    monkeypatch.setattr(cpu_build, "_cached", None)
+    monkeypatch.setattr(cpu_build, "_error", None)
+    monkeypatch.setattr(cpu_build, "find_compiler", lambda: None)
     with caplog.at_level(logging.WARNING, logger="videomap.ops"):
         assert selective_scan_backend() == "torch"
         inputs = case_inputs("L37-nochunk-multiple")
@@ -308,13 +308,10 @@ def test_kernel_unavailable_falls_back_with_one_warning(monkeypatch, caplog):
 def test_concurrent_builds_publish_one_library_and_the_cache_is_reused(tmp_path):
     """Two processes compiling into one empty cache at once both succeed (private temp file, atomic
     rename); a later load finds the library and does not recompile."""
-    # The subprocesses load _kernel.py by path: no torch import, so they start fast.
-    script = textwrap.dedent(f"""
-        import importlib.util, sys
-        spec = importlib.util.spec_from_file_location("vm_kernel", {str(_kernel.__file__)!r})
-        mod = sys.modules["vm_kernel"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        k = mod.build(cache_dir=sys.argv[1])
+    script = textwrap.dedent("""
+        import sys
+        from videomap.ops import cpu_build
+        k = cpu_build.build(cache_dir=sys.argv[1])
         print(k.path, k.compiled)
     """)
     cache = tmp_path / "cache"
@@ -328,7 +325,7 @@ def test_concurrent_builds_publish_one_library_and_the_cache_is_reused(tmp_path)
     assert len(libs) == 1 and not list(cache.rglob("*.tmp"))
     mtime = libs[0].stat().st_mtime_ns
 
-    again = _kernel.build(cache_dir=cache)
+    again = cpu_build.build(cache_dir=cache)
     assert not again.compiled
     assert str(again.path) in paths and again.path.stat().st_mtime_ns == mtime
 
@@ -336,8 +333,8 @@ def test_concurrent_builds_publish_one_library_and_the_cache_is_reused(tmp_path)
 @needs_kernel
 def test_cache_dir_env_and_first_build(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEOMAP_CACHE_DIR", str(tmp_path))
-    assert _kernel.cache_root() == tmp_path
-    first = _kernel.build()
+    assert cpu_build.cache_root() == tmp_path
+    first = cpu_build.build()
     assert first.compiled and first.path.is_relative_to(tmp_path)
     assert first.lib.vm_scan_chunk() == first.chunk
 

@@ -7,6 +7,7 @@ Every training command takes ``--config file.yaml`` and ``key=value`` overrides
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -24,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         if name in ("evaluate", "extract"):
-            p.add_argument("--checkpoint", help="weights file or save_pretrained directory")
+            p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
+                           "gives the model unless the job names one)")
         if name in ("pretrain", "finetune"):
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     d = sub.add_parser("demo", help="the end-to-end VideoMAP story on generated videos")
@@ -36,9 +38,35 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Formatter(logging.Formatter):
+    """``[component] message`` for progress (``[train] ...`` lines keep their own tag), and
+    ``warning: component: message`` for problems."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        component = record.name.rsplit(".", 1)[-1]
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {component}: {msg}"
+        return msg if msg.startswith("[") else f"[{component}] {msg}"
+
+
+def _setup_logging() -> None:
+    """The library only logs; the command decides what is shown: videomap at INFO, others at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    if not any(getattr(h, "_videomap", False) for h in root.handlers):
+        handler._videomap = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("videomap").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     try:
         if args.command == "models":
             import torch
@@ -60,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if getattr(args, "resume", False):
             overrides.append("train.resume=true")
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, command=args.command)
         if args.command == "pretrain":
             from .tasks.pretrain import run_pretrain
 
@@ -72,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from .tasks.finetune import run_evaluate
 
-            print(run_evaluate(cfg, args.checkpoint))
+            print(json.dumps(run_evaluate(cfg, args.checkpoint), indent=1))
         elif args.command == "extract":
             from .tasks.extract import run_extract
 
-            print(run_extract(cfg, args.checkpoint))
+            print(json.dumps(run_extract(cfg, args.checkpoint), indent=1))
         return 0
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("VIDEOMAP_DEBUG"):

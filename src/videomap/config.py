@@ -1,20 +1,39 @@
 """Job configuration: YAML files mapped onto dataclasses, with ``key=value`` overrides.
 
-A job file has the sections ``model``, ``data``, ``pretrain``, ``finetune``, ``train`` (the
-engine's :class:`~videomap.engine.TrainConfig`) and the top-level keys ``task`` and ``blr``.
-Unknown keys are errors that list the valid ones, so a typo never silently does nothing.
+A job file has the sections ``model``, ``data``, ``pretrain``, ``finetune``, ``extract``,
+``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the top-level keys ``task``
+and ``blr``. Every value is checked against its field's type annotation when the file is loaded:
+unknown keys and invalid choices are errors that list the valid ones, so a typo never silently
+does nothing and never surfaces deep inside a run after the dataset has been built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from .data.annotations import ListFormat
+from .data.sampling import Sampling
 from .engine import TrainConfig, scale_lr
+from .finetune.distill import DistillLoss
+from .pretrain.masking import MaskType
+from .pretrain.objectives import LossOn, Objective, TargetNorm
+from .pretrain.teachers import TeacherKind
+
+Task = Literal["pretrain", "finetune", "evaluate", "extract"]
+# the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files)
+TASKS_FOR_COMMAND: dict[str, tuple[str, ...]] = {
+    "pretrain": ("pretrain",),
+    "finetune": ("finetune",),
+    "evaluate": ("finetune", "evaluate"),
+    "extract": ("finetune", "evaluate", "extract"),
+}
 
 
 @dataclass
@@ -35,8 +54,8 @@ class DataSection:
     test_list: str | None = None
     root: str = ""
     delimiter: str | None = None
-    list_format: str = "auto"
-    sampling: str = "segment"
+    list_format: ListFormat = "auto"
+    sampling: Sampling = "segment"
     frame_stride: int = 4
     short_side: int | None = None
     test_clips: int = 1
@@ -51,17 +70,17 @@ class DataSection:
 
 @dataclass
 class PretrainSection:
-    objective: str = "frame"  # frame | token | video
-    teacher: str = "clip"  # clip | pixel
+    objective: Objective = "frame"
+    teacher: TeacherKind = "clip"
     clip_model: str | None = "openai/clip-vit-base-patch16"
     local_files_only: bool = False
     teacher_cache: int = 0
-    mask_type: str = "attention"
+    mask_type: MaskType = "attention"
     mask_ratio: float = 0.5
     decoder_dim: int | None = 512
     decoder_depth: int = 3
-    loss_on: str = "all"
-    target_norm: str = "none"
+    loss_on: LossOn = "all"
+    target_norm: TargetNorm = "none"
 
 
 @dataclass
@@ -70,27 +89,27 @@ class FinetuneSection:
     cutmix: float = 0.0
     mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.1
-    head: str = "classification"  # classification | regression (LVU-style, MSE on a real-valued label)
+    head: Literal["classification", "regression"] = "classification"  # regression: LVU-style MSE
     distill_model: str | None = None  # self-distillation teacher (a registry name), frozen
     distill_checkpoint: str | None = None  # its trained weights
     distill_overrides: dict[str, Any] = field(default_factory=dict)  # extra teacher constructor kwargs
     distill_weight: float = 1.0
-    distill_loss: str = "l2"  # l2 | cos
+    distill_loss: DistillLoss = "l2"
 
 
 @dataclass
 class ExtractSection:
     list: str | None = None  # videos to encode (path or path,label lines)
     output_dir: str = "features"
-    format: str = "safetensors"  # safetensors | npy
+    format: Literal["safetensors", "npy"] = "safetensors"
     frame_stride: int = 2  # frames skipped between sampled frames inside a window
     window_stride: int | None = None  # sampled frames between window starts (default: num_frames, no overlap)
-    pool: str = "cls"  # cls | mean (of patch tokens)
+    pool: Literal["cls", "mean"] = "cls"  # mean: of the patch tokens
 
 
 @dataclass
 class JobConfig:
-    task: str = "finetune"
+    task: Task = "finetune"
     blr: float | None = None  # base lr per 256 clips; sets train.lr = blr * global_batch / 256
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -98,6 +117,13 @@ class JobConfig:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     extract: ExtractSection = field(default_factory=ExtractSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    # dotted keys the YAML file or the overrides set explicitly (not a field: never dumped)
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
+
+    def is_given(self, key: str) -> bool:
+        """Whether ``key`` (e.g. ``"model.name"``) or a key below it was set by the job, not defaulted."""
+        return any(k == key or k.startswith(key + ".") for k in self.given)
 
     def global_batch(self, world_size: int | None = None) -> int:
         ws = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -107,37 +133,102 @@ class JobConfig:
         return scale_lr(self.blr, self.global_batch()) if self.blr is not None else self.train.lr
 
 
-def _field_names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+def _where(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
-def _build(cls, data: dict[str, Any], where: str):
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert what YAML cannot express.
+
+    YAML reads ``1e-3`` (no dot) as a string and has no tuples; both are converted only where the
+    annotation asks for a float or a tuple.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValueError(f"{where}: a value is required")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ValueError as e:
+                errors.append(str(e).split(": ", 1)[-1])
+        raise ValueError(f"{where}: " + "; or ".join(errors))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is frozenset:
+        return frozenset(value)
+    raise TypeError(f"{where}: unsupported annotation {tp!r}")  # a programming error, not a user one
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls, data: dict[str, Any] | None, where: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    names = _fields(cls)
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"unknown config key {where + '.' if where else ''}{key}; valid keys"
+            raise ValueError(f"unknown config key {_where(where, key)}; valid keys"
                              f"{' in ' + where if where else ''}: {', '.join(sorted(names))}")
-        sub = names[key].default_factory if names[key].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, value, f"{where + '.' if where else ''}{key}")
-        elif key in ("crop_scale", "betas") and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        elif isinstance(value, str) and "float" in str(names[key].type):
-            try:  # YAML reads 1e-3 (no dot) as a string
-                kwargs[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where + '.' if where else ''}{key}: expected a number, got {value!r}") from None
-        else:
-            kwargs[key] = value
+        kwargs[key] = _coerce(value, hints[key], _where(where, key))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where or 'config'}: {e}") from e
+
+
+def _given_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in data.items():
+        key = _where(prefix, k)
+        out.add(key)
+        if isinstance(v, dict):
+            out |= _given_keys(v, key)
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -162,30 +253,44 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML job file (optional) and apply ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        base = data.pop("_base_", None)
-        if base:
-            parent = config_to_dict(load_config(os.path.join(os.path.dirname(path), base)))
-            data = _deep_merge(parent, data)
+def _read_yaml(path: str) -> dict[str, Any]:
+    """A job file as a plain mapping, with its ``_base_`` chain merged in (the file wins)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    base = data.pop("_base_", None)
+    if base:
+        data = _deep_merge(_read_yaml(os.path.join(os.path.dirname(path), base)), data)
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                command: str | None = None) -> JobConfig:
+    """Read a YAML job file (optional) and apply ``key=value`` overrides.
+
+    ``command`` is the CLI subcommand: a job file written for another task is refused (running
+    ``videomap finetune`` on a pre-training file would otherwise quietly fine-tune).
+    """
+    data = _read_yaml(os.fspath(path)) if path is not None else {}
     data = merge_overrides(data, overrides or [])
     where = os.fspath(path) if path else "config"
     try:
-        return _build(JobConfig, data, "")
+        cfg = _build(JobConfig, data, "")
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
+    cfg = dataclasses.replace(cfg, given=frozenset(_given_keys(data)))
+    if command is not None and "task" in data:
+        allowed = TASKS_FOR_COMMAND.get(command, (command,))
+        if cfg.task not in allowed:
+            raise ValueError(f"{where}: task is {cfg.task!r}, but this is `videomap {command}`; use "
+                             f"`videomap {cfg.task}` for this file, or a job file with task: {allowed[0]}")
+    return cfg
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -195,19 +300,19 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The job as plain YAML-safe containers (tuples as lists), without internal fields."""
+    if dataclasses.is_dataclass(cfg):
+        return {name: config_dict(getattr(cfg, name)) for name in _fields(type(cfg))}
+    if isinstance(cfg, dict):
+        return {k: config_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [config_dict(v) for v in cfg]
+    return cfg
 
 
 def dump_config(cfg: JobConfig, path: str | os.PathLike) -> None:
-    d = config_to_dict(cfg)
-    with open(path, "w") as f:
-        yaml.safe_dump(_plain(d), f, sort_keys=False)
+    from .io import atomic_write
 
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+    with atomic_write(path) as f:
+        yaml.safe_dump(config_dict(cfg), f, sort_keys=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toy  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # launched as a script: make ``tests`` importable
 
+from tests.engine_scripts import toy  # noqa: E402
 from videomap.engine import Trainer, barrier, cleanup_distributed, is_main_process  # noqa: E402
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # progress to stdout
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=3)

@@ -1,6 +1,8 @@
-"""Video data pipeline: decoding, annotation lists, sampling, transforms, datasets and metrics.
+"""Video data pipeline: decoding, annotation lists, sampling, transforms, datasets and synthetic videos.
 
-Clips use the (C, T, H, W) layout throughout; see :mod:`videomap.data.transforms`.
+Clips use the (C, T, H, W) layout throughout; see :mod:`videomap.data.transforms` (geometry and
+normalisation), :mod:`videomap.data.rand_augment` and :mod:`videomap.data.mixup` (Mixup / CutMix,
+label smoothing, random erasing).
 """
 
 from .annotations import AnnotationEntry, parse_annotation_line, read_annotations
@@ -10,7 +12,6 @@ from .dataset import (
     BadSampleRegistry,
     VideoClsDataset,
     format_bad_samples,
-    sample_seed,
 )
 from .decode import (
     DecordVideoReader,
@@ -24,7 +25,8 @@ from .decode import (
     open_video,
     probe_video,
 )
-from .metrics import AccuracyAccumulator, accuracy, average_view_probs, topk_correct
+from .mixup import Mixup, RandomErasing, smooth_one_hot
+from .rand_augment import RandAugment
 from .sampling import as_generator, dense_indices, sample_clip_indices, segment_indices
 from .synthetic import (
     SYNTHETIC_CLASSES,
@@ -36,9 +38,6 @@ from .synthetic import (
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Mixup,
-    RandAugment,
-    RandomErasing,
     center_crop,
     hflip,
     normalize,
@@ -46,13 +45,10 @@ from .transforms import (
     random_resized_crop,
     resize,
     resize_short_side,
-    smooth_one_hot,
     spatial_crops,
-    three_crop,
 )
 
 __all__ = [
-    "AccuracyAccumulator",
     "AnnotationEntry",
     "BadDataError",
     "BadSample",
@@ -70,9 +66,7 @@ __all__ = [
     "VideoDecodeError",
     "VideoInfo",
     "VideoSource",
-    "accuracy",
     "as_generator",
-    "average_view_probs",
     "center_crop",
     "count_frames",
     "decode_frames",
@@ -92,11 +86,8 @@ __all__ = [
     "resize",
     "resize_short_side",
     "sample_clip_indices",
-    "sample_seed",
     "segment_indices",
     "smooth_one_hot",
     "spatial_crops",
-    "three_crop",
-    "topk_correct",
     "write_video",
 ]

@@ -16,9 +16,16 @@ fails at start-up, not hours into an epoch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["AnnotationEntry", "LIST_FORMATS", "VIDEO_EXTENSIONS", "parse_annotation_line", "read_annotations"]
+__all__ = [
+    "AnnotationEntry", "LIST_FORMATS", "ListFormat", "VIDEO_EXTENSIONS", "parse_annotation_line", "read_annotations",
+    "read_video_paths",
+]
+
+ListFormat = Literal["auto", "video", "frames", "lvu"]
 
 LIST_FORMATS = {
     "video": ("path", "label"),
@@ -123,6 +130,16 @@ def parse_annotation_line(
     return AnnotationEntry(path=path, label=label, total_frames=total, duration=duration, line=line)
 
 
+def _data_lines(list_file: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of every line that is neither blank nor a ``#`` comment."""
+    with open(list_file, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if text and not text.startswith("#"):
+            yield number, text
+
+
 def read_annotations(
     list_file: str | os.PathLike,
     root: str | os.PathLike = "",
@@ -136,16 +153,38 @@ def read_annotations(
     every relative path.
     """
     list_file = os.fspath(list_file)
-    with open(list_file, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
     entries: list[AnnotationEntry] = []
-    for number, raw in enumerate(lines, start=1):
-        text = raw.strip()
-        if not text or text.startswith("#"):
-            continue
+    for number, text in _data_lines(list_file):
         if fmt == "auto":
             fmt = _guess_format(_split(text, delimiter))
         entries.append(parse_annotation_line(text, fmt, delimiter, root, where=list_file, line=number))
     if not entries:
         raise ValueError(f"{list_file}: annotation list has no samples")
     return entries
+
+
+def read_video_paths(
+    list_file: str | os.PathLike,
+    root: str | os.PathLike = "",
+    delimiter: str | None = None,
+) -> list[str]:
+    """The video paths of a list whose lines are just a path, or ``path<d>label...`` (extra fields ignored).
+
+    For feature extraction, where labels are not needed. Fields are split like every other list
+    (see the module docstring: a path containing spaces needs a non-space ``delimiter``), blank
+    and ``#`` lines are skipped and ``root`` is joined in front of relative paths. Errors name the
+    file and 1-based line number.
+    """
+    list_file = os.fspath(list_file)
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"{list_file}: video list not found")
+    paths: list[str] = []
+    for number, text in _data_lines(list_file):
+        fields = _split(text, delimiter)
+        if not fields or not fields[0]:
+            raise ValueError(f"{list_file}:{number}: expected a video path first on the line, got {text!r}")
+        path = fields[0]
+        paths.append(os.path.join(os.fspath(root), path) if root else path)
+    if not paths:
+        raise ValueError(f"{list_file}: video list has no entries")
+    return paths

@@ -31,18 +31,18 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..seeding import sample_seed
 from .annotations import AnnotationEntry, read_annotations
 from .decode import VideoDecodeError, open_video
+from .mixup import RandomErasing
+from .rand_augment import RandAugment
 from .sampling import sample_clip_indices
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    RandAugment,
-    RandomErasing,
     center_crop,
     normalize,
     random_hflip,
@@ -57,7 +57,6 @@ __all__ = [
     "BadSampleRegistry",
     "VideoClsDataset",
     "format_bad_samples",
-    "sample_seed",
 ]
 
 logger = logging.getLogger("videomap.data")
@@ -171,14 +170,6 @@ def format_bad_samples(samples: Sequence[BadSample], limit: int | None = 20) -> 
     if len(shown) < len(samples):
         rows.append(f"  ... and {len(samples) - len(shown)} more")
     return "\n".join(rows)
-
-
-def sample_seed(seed: int, epoch: int, index: int, *extra: int) -> int:
-    """Well-mixed 63-bit seed for one sample, independent of worker assignment."""
-    words = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch) & 0xFFFFFFFF, int(index) & 0xFFFFFFFFFFFFFFFF]
-    words += [int(e) & 0xFFFFFFFFFFFFFFFF for e in extra]
-    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class VideoClsDataset(Dataset):

@@ -17,6 +17,7 @@ that the dataset can skip and report it instead of crashing a long training run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import math
 import os
@@ -50,6 +51,25 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# FFmpeg objects (converters, demuxers, decoders) own worker threads. A DataLoader worker is a fork
+# of the main process and inherits those objects but not their threads, so freeing one there waits
+# forever for threads that do not exist. Two ways in, both closed: the child's garbage collector
+# finding a reader the parent left in a reference cycle (a forked child freezes everything it
+# inherits, so its collector never visits the parent's objects), and a reader opened by the parent
+# being closed in the child (its container is parked in _INHERITED instead of freed).
+os.register_at_fork(after_in_child=gc.freeze)
+_INHERITED: list[object] = []
+_REFORMATTERS: dict[int, VideoReformatter] = {}
+
+
+def _reformatter() -> VideoReformatter:
+    """This process's RGB converter (reused: a per-frame converter setup is ~10x slower)."""
+    pid = os.getpid()
+    if pid not in _REFORMATTERS:
+        _REFORMATTERS[pid] = VideoReformatter()
+    return _REFORMATTERS[pid]
+
 
 # Errors PyAV / FFmpeg raise for damaged or foreign input (InvalidDataError is a ValueError).
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, ValueError, EOFError)
@@ -142,10 +162,10 @@ class PyAVVideoReader:
         self.seek_gap = max(1, int(seek_gap))
         self.truncation_tolerance = float(truncation_tolerance)
         self._thread_type = thread_type
-        self._reformatter = VideoReformatter()  # reused: a per-frame converter setup is ~10x slower
+        self._pid = os.getpid()
         self.frames_decoded = 0  # diagnostics: frames pulled from the decoder so far
         _check_file(self.path)
-        self._container = None
+        self._container, self._pid = None, os.getpid()
         self._open()
         stream = self._stream
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -175,7 +195,7 @@ class PyAVVideoReader:
         if not container.streams.video:
             container.close()
             raise VideoDecodeError(self.path, "no video stream")
-        self._container = container
+        self._container, self._pid = container, os.getpid()
         self._stream = container.streams.video[0]
         if self._thread_type is not None:
             self._stream.thread_type = self._thread_type
@@ -184,8 +204,11 @@ class PyAVVideoReader:
     def close(self) -> None:
         """Release the file handle (also done by ``with`` and garbage collection)."""
         if self._container is not None:
-            self._container.close()
-            self._container = None
+            if os.getpid() == self._pid:
+                self._container.close()
+            else:  # opened by the parent of this forked worker: see _INHERITED
+                _INHERITED.append((self._container, self._stream))
+            self._container = self._stream = None
 
     def __enter__(self) -> PyAVVideoReader:
         return self
@@ -272,7 +295,7 @@ class PyAVVideoReader:
             yield idx, frame
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return _reformatter().reformat(frame, format="rgb24").to_ndarray()
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Return frames ``indices`` (clamped to the valid range) as uint8 ``(T, H, W, 3)``."""

@@ -17,9 +17,14 @@ sample can be reproduced from ``(seed, epoch, index)``.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
-__all__ = ["as_generator", "segment_indices", "dense_indices", "sample_clip_indices"]
+Sampling = Literal["segment", "dense"]
+SAMPLING_METHODS = get_args(Sampling)
+
+__all__ = ["SAMPLING_METHODS", "Sampling", "as_generator", "segment_indices", "dense_indices", "sample_clip_indices"]
 
 
 def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
@@ -31,11 +36,17 @@ def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
     return g
 
 
+# The two draw helpers every data module uses. Each call consumes exactly one number from ``g``
+# whatever its arguments, so the position of later draws in the stream never depends on video
+# lengths or frame sizes.
 def _randint(high: int, g: torch.Generator) -> int:
-    """Uniform integer in ``[0, high)``; ``high <= 1`` gives 0."""
-    if high <= 1:
-        return 0
-    return int(torch.randint(high, (1,), generator=g).item())
+    """Uniform integer in ``[0, high)``; ``high <= 1`` gives 0 (one number is drawn regardless)."""
+    return int(torch.randint(max(high, 1), (), generator=g))
+
+
+def _uniform(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    """Uniform float in ``[lo, hi)``."""
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
 def _check(num_frames: int, clip_len: int, clip_idx: int, num_clips: int) -> None:

@@ -207,13 +207,6 @@ def wrap_model(
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module under DDP (and the module itself otherwise), e.g. for saving."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
-
-
 def is_fsdp(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule

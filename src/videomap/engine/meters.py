@@ -1,7 +1,9 @@
 """Progress lines, metrics files (JSONL + CSV), optional TensorBoard, and end-of-run plots.
 
-Plain ``print`` lines rather than a progress bar: they stay readable in CI logs and in files
-captured from ``torchrun``. Only rank 0 should construct a :class:`MetricsWriter`.
+Progress is one plain line per log window (rate and ETA included), emitted through ``logging``
+by the trainer: readable in CI logs and in files captured from ``torchrun``, and silenced or
+redirected by a library caller like any other logger. Only rank 0 should construct a
+:class:`MetricsWriter`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from ..io import atomic_write
 
 JSONL_FILE = "metrics.jsonl"
 CSV_FILE = "metrics.csv"
@@ -95,8 +99,15 @@ def progress_line(
     return "  ".join(parts)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a run's ``metrics.jsonl`` (``path`` is the file or the run directory); [] if none.
+
+    A last line cut short by a crash is skipped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSONL_FILE
+    records: list[dict[str, Any]] = []
     if not path.exists():
         return records
     with open(path) as f:
@@ -128,7 +139,7 @@ class MetricsWriter:
         if resume_step is None:
             self.records: list[dict[str, Any]] = []
         else:
-            self.records = [r for r in _read_jsonl(self.jsonl_path) if int(r.get("step", 0)) <= resume_step]
+            self.records = [r for r in read_metrics(self.jsonl_path) if int(r.get("step", 0)) <= resume_step]
         self._fields: list[str] = []
         for r in self.records:
             self._add_fields(r)
@@ -146,19 +157,15 @@ class MetricsWriter:
         return bool(new)
 
     def _rewrite_jsonl(self) -> None:
-        tmp = self.jsonl_path.with_name(self.jsonl_path.name + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(self.jsonl_path) as f:
             for r in self.records:
                 f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.jsonl_path)
 
     def _rewrite_csv(self) -> None:
-        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.csv_path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self._fields)
             writer.writeheader()
             writer.writerows(self.records)
-        os.replace(tmp, self.csv_path)
 
     def write(self, record: dict[str, Any]) -> None:
         """Log one record; must contain ``step`` and ``split`` ("train" / "eval")."""

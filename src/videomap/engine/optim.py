@@ -9,31 +9,28 @@ from typing import Any
 import torch
 from torch import nn
 
-# Parameters whose names contain one of these substrings are never decayed: decaying position
-# embeddings or learned tokens pulls them towards zero for no regularisation benefit.
-NO_DECAY_SUBSTRINGS: tuple[str, ...] = ("pos_embed", "temporal_pos_embedding", "cls_token", "mask_token")
-# State-space parameters of Mamba blocks; matched against the last name component only so that
-# e.g. a module called "Dense" or a parameter "D_proj" is not caught by accident.
-NO_DECAY_LEAF_NAMES: frozenset[str] = frozenset({"A_log", "A_b_log", "D", "D_b"})
 
-
-def _matches_skip(name: str, skip: Iterable[str]) -> bool:
-    return any(name == e or name.endswith("." + e) or name.startswith(e + ".") for e in skip)
+def _matches(name: str, names: Iterable[str]) -> bool:
+    """``name`` is one of ``names`` or a tensor inside a module named there."""
+    return any(name == e or name.startswith(e + ".") for e in names)
 
 
 def is_no_decay(name: str, param: torch.Tensor, skip: Iterable[str] = ()) -> bool:
     """Whether ``param`` belongs to the zero-weight-decay group.
 
-    1-D (and 0-D) tensors are norms' scales and biases; the named tensors are embeddings,
-    learned tokens and SSM parameters; ``skip`` is the model's own ``no_weight_decay()`` set.
+    The one rule: 1-D (and 0-D) tensors -- norms' scales and biases -- never decay; nor does a
+    tensor flagged ``_no_weight_decay`` where it is created (e.g. the state-space parameters), nor
+    one the model names in its ``no_weight_decay()`` (``skip``: embeddings, learned tokens).
     """
-    if param.ndim <= 1:
-        return True
-    if any(s in name for s in NO_DECAY_SUBSTRINGS):
-        return True
-    if name.rsplit(".", 1)[-1] in NO_DECAY_LEAF_NAMES:
-        return True
-    return _matches_skip(name, skip)
+    return param.ndim <= 1 or bool(getattr(param, "_no_weight_decay", False)) or _matches(name, skip)
+
+
+def flagged_no_decay(model: nn.Module) -> set[str]:
+    """Names of the parameters flagged ``_no_weight_decay``.
+
+    Read before the model is wrapped: FSDP replaces parameters, and the new ones carry no flags.
+    """
+    return {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
 
 def param_groups(

@@ -9,6 +9,7 @@ three recipes cannot drift apart.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import warnings
@@ -20,16 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .checkpoint import (
-    capture_rng_state,
-    cleanup_partial,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from .config import TrainConfig
+from ..seeding import capture_rng_state, mix_seed, restore_rng_state, seed_everything
+from .checkpoint import cleanup_partial, list_checkpoints, load_latest_train_state, load_train_state, save_checkpoint
 from .distributed import (
     ResumableDistributedSampler,
     all_gather_objects,
@@ -46,14 +39,16 @@ from .distributed import (
 )
 from .ema import ModelEma
 from .meters import PLOT_FILE, MeterGroup, MetricsWriter, Timer, format_seconds, plot_curves, progress_line
-from .optim import WarmupCosineSchedule, build_optimizer
-from .seed import mix_seed, seed_everything
+from .optim import WarmupCosineSchedule, build_optimizer, flagged_no_decay
+from .train_config import TrainConfig
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 LossFn = Callable[[nn.Module, Any], LossOutput]
 EvalFn = Callable[[nn.Module], Mapping[str, Any]]
 
 STATE_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,6 +100,13 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
         warnings.warn(f"fp16 autocast needs CUDA (device is {device}); training in fp32", stacklevel=2)
         return None, False
     raise ValueError(f"unknown amp mode {amp!r}")
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for a dtype from :func:`resolve_amp`; a no-op for ``None`` (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -179,10 +181,11 @@ class Trainer:
 
         model.to(self.device)
         self.unwrapped_model = model
+        flagged = flagged_no_decay(model)  # FSDP2's replacement parameters do not carry the flags
         self.model = wrap_model(model, self.mode, self.device, cfg.find_unused_parameters)
         # Built after wrapping: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(
-            model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay
+            model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, extra_no_decay=flagged
         )
         self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
@@ -298,7 +301,7 @@ class Trainer:
         self._last_eval_step = self.global_step
         if self.is_main:
             vals = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
-            print(f"[eval] epoch {self.epoch} step {self.global_step}  {vals}", flush=True)
+            log.info("[eval] epoch %d step %d  %s", self.epoch, self.global_step, vals)
             if self.writer is not None:
                 self.writer.write({"split": "eval", "step": self.global_step, "epoch": self.epoch, **results})
         return results
@@ -337,16 +340,16 @@ class Trainer:
 
     def resume_latest(self) -> Path | None:
         """Load the newest complete, readable checkpoint in ``output_dir`` (rank 0 picks, all load)."""
-        found = load_latest_checkpoint(self.output_dir) if self.is_main else None
+        found = load_latest_train_state(self.output_dir) if self.is_main else None
         path = broadcast_object(str(found[0]) if found is not None else None)
         if path is None:
             if self.is_main:
-                print(f"[videomap] no checkpoint in {self.output_dir}; starting from scratch", flush=True)
+                log.info("no checkpoint in %s; starting from scratch", self.output_dir)
             return None
         if found is not None:
             _, model_state, train_state = found
         else:
-            model_state, train_state = load_checkpoint(path)
+            model_state, train_state = load_train_state(path)
         self.load_state(model_state, train_state)
         self.resumed_from = self.last_checkpoint = Path(path)
         return self.resumed_from
@@ -394,18 +397,12 @@ class Trainer:
         if not self.is_main:
             return
         cfg = self.config
-        print(
-            f"[videomap] {self.total_steps} steps ({cfg.epochs} epochs x {self.steps_per_epoch} steps), "
-            f"global batch {self.global_batch} ({cfg.batch_size} x accum {cfg.accum_steps} x "
-            f"{self.world_size} procs), mode {self.mode}, amp {self._amp_name()}, device {self.device}",
-            flush=True,
-        )
+        log.info("%d steps (%d epochs x %d steps), global batch %d (%d x accum %d x %d procs), mode %s, "
+                 "amp %s, device %s", self.total_steps, cfg.epochs, self.steps_per_epoch, self.global_batch,
+                 cfg.batch_size, cfg.accum_steps, self.world_size, self.mode, self._amp_name(), self.device)
         if self.resumed_from is not None:
-            print(
-                f"[videomap] resumed from {self.resumed_from} at step {self.global_step} "
-                f"(epoch {self.epoch}, step {self.step_in_epoch} of the epoch)",
-                flush=True,
-            )
+            log.info("resumed from %s at step %d (epoch %d, step %d of the epoch)", self.resumed_from,
+                     self.global_step, self.epoch, self.step_in_epoch)
 
     def _amp_name(self) -> str:
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")  # type: ignore[arg-type]
@@ -472,11 +469,8 @@ class Trainer:
                 peak = max(g["base_lr"] for g in self.optimizer.param_groups)
                 schedule = [peak * self.scheduler.factor(s) for s in range(self.total_steps)]
                 plot_curves(self.writer.records, self.output_dir / PLOT_FILE, lr_schedule=schedule)
-            print(
-                f"[videomap] done: step {self.global_step}, {format_seconds(run_timer.elapsed())} this run, "
-                f"checkpoint {self.last_checkpoint}",
-                flush=True,
-            )
+            log.info("done: step %d, %s this run, checkpoint %s", self.global_step,
+                     format_seconds(run_timer.elapsed()), self.last_checkpoint)
 
     def _report_bad_samples(self) -> None:
         """End-of-epoch summary of unreadable samples, for datasets that track them (``bad_samples()``)."""
@@ -486,12 +480,10 @@ class Trainer:
         if len(bad) > self._bad_reported:
             self._bad_reported = len(bad)
             summary = getattr(self.dataset, "bad_sample_summary", lambda: f"{len(bad)} unreadable samples")()
-            print(f"[data] epoch {self.epoch}: {summary}", flush=True)
+            log.warning("[data] epoch %d: %s", self.epoch, summary)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.amp_dtype, self.device)
 
     def _checked_loss_value(self, loss: torch.Tensor, micro: int) -> float:
         value = loss.detach().float().clone()
@@ -562,8 +554,8 @@ class Trainer:
         clips_per_s = steps_per_s * self.global_batch
         eta = (self.total_steps - self.global_step) * sec_per_step
         epoch_f = self.epoch + self.step_in_epoch / self.steps_per_epoch
-        print(progress_line(self.global_step, self.total_steps, self.epoch, self.config.epochs, avgs, lr,
-                            clips_per_s, eta), flush=True)
+        log.info("%s", progress_line(self.global_step, self.total_steps, self.epoch, self.config.epochs, avgs,
+                                     lr, clips_per_s, eta))
         if self.writer is not None:
             self.writer.write({"split": "train", "step": self.global_step, "epoch": round(epoch_f, 4),
                                **avgs, "lr": lr, "clips_per_s": clips_per_s})

@@ -1,13 +1,17 @@
-"""Backbones: VideoMamba, VideoHybrid (VideoMAP) and the ViT baseline, plus the registry."""
+"""Backbones: VideoMamba, VideoHybrid (VideoMAP) and the ViT baseline, plus the registry.
+
+Weights: ``create_model(name, pretrained=path)`` builds a registered model and loads a checkpoint
+into it; ``from_pretrained(directory)`` rebuilds a model saved with ``model.save_pretrained``;
+``load_pretrained(model, path)`` loads into a model you built yourself.
+"""
 
 from .base import VideoBackbone
-from .checkpoint import load_checkpoint, read_state_dict
 from .registry import MODEL_DEFS, create_model, from_pretrained, list_models
 from .videomamba import VideoMamba
 from .vit import VisionTransformer
+from .weights import load_pretrained
 
 __all__ = [
     "MODEL_DEFS", "VideoBackbone", "VideoMamba", "VisionTransformer", "create_model", "from_pretrained",
-    "list_models",
-    "load_checkpoint", "read_state_dict",
+    "list_models", "load_pretrained",
 ]

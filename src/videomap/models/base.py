@@ -12,7 +12,6 @@ dropped, so the blocks see the visible tokens only, in their original order.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -137,22 +136,19 @@ class VideoBackbone(nn.Module):
         return self.num_lr_layers() - 1
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Write ``config.json`` + ``model.safetensors`` (the Hugging Face hub layout), atomically."""
-        from safetensors.torch import save_file
+        """Write ``model.safetensors`` + ``config.json`` (the Hugging Face hub layout), each atomically.
+
+        ``config.json`` is ``{"library": "videomap", "name": ..., **constructor kwargs}``, what
+        :func:`videomap.from_pretrained` needs to rebuild the model.
+        """
+        from ..io import save_safetensors, write_json
 
         directory = os.fspath(directory)
         config = getattr(self, "model_config", None)
         if not config:
             raise ValueError("save_pretrained needs a model built by videomap.create_model (no model_config)")
-        os.makedirs(directory, exist_ok=True)
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = os.path.join(directory, ".model.safetensors.tmp")
-        save_file(sd, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(directory, "model.safetensors"))
-        tmp = os.path.join(directory, ".config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"library": "videomap", **config}, f, indent=1)
-        os.replace(tmp, os.path.join(directory, "config.json"))
+        save_safetensors(self.state_dict(), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        write_json(os.path.join(directory, "config.json"), {"library": "videomap", **config})
         return directory
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -161,3 +157,28 @@ class VideoBackbone(nn.Module):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+
+
+class WrapsBackbone:
+    """Mixin for training wrappers (masked pre-training, self-distillation) that hold one backbone
+    under the attribute ``backbone_attr``: the engine's questions about weight decay and layer-wise
+    lr decay are answered by the backbone, with names prefixed; the wrapper's own modules (decoders,
+    projections) train at the last layer's rate and skip decay for what they name themselves."""
+
+    backbone_attr: str = "encoder"
+
+    def no_weight_decay(self) -> set[str]:
+        out: set[str] = set()
+        for name, child in self.named_children():  # type: ignore[attr-defined]
+            if hasattr(child, "no_weight_decay"):
+                out |= {f"{name}.{n}" for n in child.no_weight_decay()}
+        return out
+
+    def num_lr_layers(self) -> int:
+        return getattr(self, self.backbone_attr).num_lr_layers()
+
+    def lr_layer_id(self, name: str) -> int:
+        prefix = self.backbone_attr + "."
+        if name.startswith(prefix):
+            return getattr(self, self.backbone_attr).lr_layer_id(name[len(prefix):])
+        return self.num_lr_layers() - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from torch import nn
@@ -41,35 +43,56 @@ def model_kwargs(name: str, **overrides: Any) -> tuple[type[nn.Module], dict[str
 
 
 def create_model(name: str, num_classes: int = 400, num_frames: int = 8, img_size: int = 224,
-                 drop_path_rate: float = 0.0, pretrained: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``pretrained`` is a checkpoint path (safetensors or PyTorch file,
-    or a directory written by ``save_pretrained``) loaded with position embeddings resized."""
+                 drop_path_rate: float = 0.0, pretrained: str | os.PathLike | None = None,
+                 partial_load: bool = False, **overrides: Any) -> nn.Module:
+    """Build a registered model, optionally with weights.
+
+    ``pretrained``: a checkpoint (safetensors or PyTorch file, or a directory written by
+    ``save_pretrained``) loaded with position tables resized to ``num_frames`` / ``img_size``.
+    The classifier head may be missing or of another size (it is then left as initialised) and
+    tensors the model lacks are logged, but a tensor of another shape is a ``ValueError``: the
+    checkpoint belongs to another architecture. ``partial_load=True`` loads whatever fits instead.
+    See :func:`videomap.models.load_pretrained`.
+    """
     cls, kwargs = model_kwargs(name, num_classes=num_classes, num_frames=num_frames, img_size=img_size,
                                drop_path_rate=drop_path_rate, **overrides)
     model = cls(**kwargs)
     model.model_name = name
     model.model_config = {"name": name, **kwargs}
     if pretrained:
-        from .checkpoint import load_checkpoint
+        from .weights import load_pretrained
 
-        load_checkpoint(model, pretrained, strict=False)
+        load_pretrained(model, pretrained, strict=False, partial=partial_load)
     return model
 
 
-def from_pretrained(directory: str, **overrides: Any) -> nn.Module:
-    """Rebuild a model from a ``save_pretrained`` directory (config.json + model.safetensors)."""
-    import json
-    import os
-
-    cfg_path = os.path.join(directory, "config.json")
+def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a ``save_pretrained`` directory: ``{"name": ..., **constructor kwargs}``."""
+    cfg_path = os.path.join(os.fspath(directory), "config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{directory}: no config.json (expected a directory written by save_pretrained)")
-    with open(cfg_path) as f:
-        config = json.load(f)
+        raise FileNotFoundError(f"{os.fspath(directory)}: no config.json (expected a directory written by "
+                                "save_pretrained)")
+    with open(cfg_path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError(f"{cfg_path}: expected a mapping with the model's \"name\" (written by save_pretrained)")
     config.pop("library", None)
+    return config
+
+
+def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a ``save_pretrained`` directory (config.json + model.safetensors).
+
+    ``overrides`` change constructor arguments, e.g. ``num_frames=16`` (position tables are
+    resized) or ``num_classes=10`` (a new head); the weights are loaded strictly otherwise.
+    """
+    config = read_model_config(directory)
     name = config.pop("name")
     model = create_model(name, **{**config, **overrides})
-    from .checkpoint import load_checkpoint
+    from .weights import load_pretrained
 
-    load_checkpoint(model, directory, strict=True)
+    load_pretrained(model, directory, strict=True)
     return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import check_inputs, compute_dtype, no_autocast
+from ._checks import check_inputs, compute_dtype, no_autocast
 
 
 def selective_scan_ref(

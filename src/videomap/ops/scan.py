@@ -17,12 +17,12 @@ from collections.abc import Callable
 
 import torch
 
-from . import _kernel
-from ._common import check_inputs, compute_dtype, no_autocast
-from .cpu_kernel import MAX_STATE, KernelScanFn
+from . import cpu_build
+from ._checks import check_inputs, compute_dtype, no_autocast
+from .cpu_scan import MAX_STATE, KernelScanFn
 from .torch_scan import TorchScanFn
 
-logger = logging.getLogger("videomap.ops")
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("cuda-mamba_ssm", "cpu-kernel", "torch")
 _logged: set[str] = set()
@@ -59,11 +59,11 @@ def _choose(device: torch.device, dtype: torch.dtype | None) -> tuple[str, str]:
         return "torch", f"no dedicated kernel for device {device.type}"
     if dtype == torch.float64:
         return "torch", "float64 inputs (the C kernel is fp32)"
-    if _kernel.kernel_disabled():
+    if cpu_build.kernel_disabled():
         return "torch", "VIDEOMAP_DISABLE_KERNEL is set"
-    kern = _kernel.get_kernel()
+    kern = cpu_build.get_kernel()
     if kern is None:
-        return "torch", f"C kernel unavailable: {_kernel.kernel_error()}"
+        return "torch", f"C kernel unavailable: {cpu_build.kernel_error()}"
     return "cpu-kernel", f"{kern.path} ({' '.join(f for f in kern.flags if f.startswith(('-march', '-fopenmp')))})"
 
 
@@ -127,7 +127,7 @@ def selective_scan(
 
         args = [prep(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
         if backend == "cpu-kernel":
-            out, last = KernelScanFn.apply(_kernel.get_kernel(), *args, bool(delta_softplus))
+            out, last = KernelScanFn.apply(cpu_build.get_kernel(), *args, bool(delta_softplus))
         else:
             out, last = TorchScanFn.apply(*args, bool(delta_softplus))
     out = out.to(in_dtype)

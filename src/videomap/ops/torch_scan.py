@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._common import no_autocast
+from ._checks import no_autocast
 
 # Elements of one (K, B, E, N) chunk temporary; the chunk length is derived from it.
 _CHUNK_ELEMS = 1 << 20

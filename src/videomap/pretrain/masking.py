@@ -8,10 +8,12 @@ never part of the mask, so it is always visible). Per-frame generators hide exac
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
-MASK_TYPES = ("attention", "random", "tube", "frame_row", "clip_row", "none")
+MaskType = Literal["attention", "random", "tube", "frame_row", "clip_row", "none"]
+MASK_TYPES = get_args(MaskType)
 
 
 def _from_scores(scores: torch.Tensor, n_hide: int) -> torch.Tensor:

@@ -8,7 +8,8 @@ import os
 import torch
 from torch import nn
 
-from ..models.base import VideoBackbone
+from ..io import save_safetensors
+from ..models.base import VideoBackbone, WrapsBackbone
 from .masking import MaskGenerator
 from .objectives import OBJECTIVES, AlignHead, ARDecoder, alignment_loss, next_frame_loss
 from .teachers import Teacher, as_teacher
@@ -23,7 +24,7 @@ def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
     return x.reshape(x.shape[0], t, x.shape[1] // t, *x.shape[2:]).mean(2)
 
 
-class MaskedPretrainer(nn.Module):
+class MaskedPretrainer(WrapsBackbone, nn.Module):
     """Encoder + objective head (``decoder``); the teacher is held outside the module tree so it is neither
     trained, wrapped by DDP, nor written into checkpoints."""
 
@@ -73,17 +74,11 @@ class MaskedPretrainer(nn.Module):
         return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
 
     def save_encoder(self, path: str | os.PathLike, config: dict | None = None) -> str:
-        """Write the encoder (no decoder, teacher or head) as safetensors, atomically."""
-        from safetensors.torch import save_file
-
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.encoder_state_dict().items()}
+        """Write the encoder (no decoder, teacher or head) as safetensors, with its model config in
+        the metadata."""
         meta = {"format": "pt", "videomap": json.dumps(config or getattr(self.encoder, "model_config", {}))}
-        save_file(sd, tmp, metadata=meta)
-        os.replace(tmp, path)
-        return path
+        save_safetensors(self.encoder_state_dict(), path, metadata=meta)
+        return os.fspath(path)
 
 
 __all__ = ["MaskedPretrainer"]

@@ -14,13 +14,18 @@ Design choices (see docs/pretraining.md):
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Mlp, TransformerBlock, resize_spatial_pos_embed, resize_temporal_pos_embed, sinusoid_table
 
-OBJECTIVES = ("frame", "token", "video")
+Objective = Literal["frame", "token", "video"]
+LossOn = Literal["all", "masked"]
+TargetNorm = Literal["none", "layernorm", "l2"]
+OBJECTIVES = get_args(Objective)
 
 
 def block_causal_mask(num_groups: int, group_size: int, device=None) -> torch.Tensor:
@@ -75,6 +80,9 @@ class ARDecoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token", "pos_embed", "temporal_pos_embedding"}
 
     def attn_mask(self, grid: tuple[int, int, int], device=None) -> torch.Tensor:
         t, h, w = grid

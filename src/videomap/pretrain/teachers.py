@@ -14,20 +14,15 @@ Any ``nn.Module`` returning that (or a tuple in that order) can be used through 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger("videomap.pretrain")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -227,7 +222,10 @@ class CachedTeacher(Teacher):
         return out
 
 
-def build_teacher(kind: str, clip_model: str | None = None, patch_size: int = 16, cache: int = 0,
+TeacherKind = Literal["clip", "pixel"]
+
+
+def build_teacher(kind: TeacherKind, clip_model: str | None = None, patch_size: int = 16, cache: int = 0,
                   local_files_only: bool = False) -> Teacher:
     """``kind``: "pixel" (offline, no weights) or "clip" (``clip_model``: local dir or hub id)."""
     if kind == "pixel":

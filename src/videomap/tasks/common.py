@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import os
+from typing import Any
 
 from torch import nn
 
 from ..config import JobConfig
 from ..data import VideoClsDataset
-from ..models import create_model
+from ..models import create_model, load_pretrained
+from ..models.registry import model_kwargs, read_model_config
 
 
 def build_dataset(cfg: JobConfig, split: str, mode: str | None = None) -> VideoClsDataset:
@@ -29,11 +33,132 @@ def build_dataset(cfg: JobConfig, split: str, mode: str | None = None) -> VideoC
 
 
 def build_model(cfg: JobConfig, num_classes: int | None = None, pretrained: str | None = None) -> nn.Module:
+    """The job's model; ``pretrained`` (default ``model.pretrained``) is loaded by :func:`create_model`.
+
+    For commands that take trained weights (``--checkpoint``) use :func:`build_model_from_checkpoint`.
+    """
     m = cfg.model
     n = m.num_classes if m.num_classes is not None else num_classes
     return create_model(m.name, num_classes=n if n is not None else 0, num_frames=m.num_frames,
                         img_size=m.img_size, drop_path_rate=m.drop_path_rate,
                         pretrained=pretrained if pretrained is not None else m.pretrained, **m.overrides)
+
+
+# create_model arguments that are not the architecture: the head, the clip size (position tables are
+# resized) and training-only regularisation
+_NOT_ARCHITECTURE = ("num_classes", "num_frames", "img_size", "drop_path_rate", "drop_rate")
+
+
+def _saved_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """``config.json`` of a ``save_pretrained`` directory; ``None`` for a plain weights file."""
+    if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return read_model_config(checkpoint)
+    return None
+
+
+def _architecture(name: str, overrides: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """The class and every architecture argument (constructor defaults filled in) of a model."""
+    cls, kwargs = model_kwargs(name, **overrides)
+    full: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or not issubclass(klass, nn.Module) or klass is nn.Module:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.default is not inspect.Parameter.empty:
+                full.setdefault(p.name, p.default)
+    full.update(kwargs)
+    # JSON (config.json) has lists, not tuples: compare in that form
+    return cls, {k: json.loads(json.dumps(v, default=str)) for k, v in full.items() if k not in _NOT_ARCHITECTURE}
+
+
+def _describe(name: str, arch: dict[str, Any], keys: list[str]) -> str:
+    return name + (" (" + ", ".join(f"{k}={arch.get(k)!r}" for k in keys) + ")" if keys else "")
+
+
+def _resolve(cfg: JobConfig, checkpoint: str | os.PathLike) -> tuple[JobConfig, dict[str, Any] | None]:
+    saved = _saved_config(checkpoint)
+    if saved is None:
+        return cfg, None
+    m = cfg.model
+    saved_name = saved["name"]
+    saved_args = {k: v for k, v in saved.items() if k != "name"}
+    if cfg.is_given("model.name") or cfg.is_given("model.overrides"):
+        job_cls, job_arch = _architecture(m.name, m.overrides)
+        try:
+            saved_cls, saved_arch = _architecture(saved_name, {k: v for k, v in saved_args.items()
+                                                               if k not in _NOT_ARCHITECTURE})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{os.fspath(checkpoint)}/config.json describes no model this version can build: {e}") \
+                from e
+        differ = sorted(k for k in set(job_arch) | set(saved_arch) if job_arch.get(k) != saved_arch.get(k))
+        if m.name != saved_name or job_cls is not saved_cls or differ:
+            raise ValueError(
+                f"model.name/model.overrides conflict with the checkpoint: the job asks for "
+                f"{_describe(m.name, job_arch, differ)}, but {os.fspath(checkpoint)}/config.json holds "
+                f"{_describe(saved_name, saved_arch, differ)}; drop model.name/model.overrides to use the saved "
+                "architecture, or pass the checkpoint of the model you meant")
+        name, overrides = m.name, dict(m.overrides)
+    else:
+        name = saved_name
+        overrides = {k: v for k, v in saved_args.items() if k not in _NOT_ARCHITECTURE}
+    # the saved clip size unless the job asks for another (position tables are then resized)
+    num_frames = m.num_frames if cfg.is_given("model.num_frames") else saved_args.get("num_frames", m.num_frames)
+    img_size = m.img_size if cfg.is_given("model.img_size") else saved_args.get("img_size", m.img_size)
+    model = dataclasses.replace(m, name=name, overrides=overrides, num_frames=num_frames, img_size=img_size)
+    return dataclasses.replace(cfg, model=model), saved
+
+
+def resolve_checkpoint_model(cfg: JobConfig, checkpoint: str | os.PathLike) -> JobConfig:
+    """``cfg`` with the model section a checkpoint needs (see :func:`build_model_from_checkpoint`).
+
+    Only a ``save_pretrained`` directory (with ``config.json``) changes anything: its model name
+    and architecture are used when the job gives neither ``model.name`` nor ``model.overrides``
+    (a job that gives a different one is a ``ValueError`` naming both), and its ``num_frames`` /
+    ``img_size`` unless the job sets them. Call it before building datasets so clips get the size
+    the model was trained at.
+    """
+    return _resolve(cfg, checkpoint)[0]
+
+
+def build_model_from_checkpoint(cfg: JobConfig, checkpoint: str | os.PathLike, num_classes: int | None) -> nn.Module:
+    """The model a trained checkpoint was written for, with its weights loaded strictly.
+
+    For every command that takes ``--checkpoint``. ``checkpoint``: a ``save_pretrained`` directory,
+    whose ``config.json`` gives the architecture (see :func:`resolve_checkpoint_model`), or a
+    plain weights file, loaded into the job's model. Either way a tensor of another shape or a
+    missing / unexpected tensor is a ``ValueError``: the wrong model is never run quietly.
+
+    ``num_classes``: the classifier the command needs.
+
+    * ``0``: none (feature extraction); a classifier in the checkpoint is ignored.
+    * ``N > 0`` (evaluation): the trained classifier, which must be in the checkpoint and cover
+      ``N`` classes. A directory's saved head size is used (a test list may lack the last
+      classes); ``model.num_classes``, when the job sets it, must agree with it.
+    * ``None``: the saved head size of a directory, else ``model.num_classes`` (0 when unset),
+      loaded when present.
+    """
+    cfg, saved = _resolve(cfg, checkpoint)
+    m = cfg.model
+    where = os.fspath(checkpoint)
+    if num_classes == 0:
+        n, require_head = 0, False
+    elif saved is not None:
+        n = int(saved.get("num_classes") or 0)
+        if m.num_classes is not None and m.num_classes != n:
+            raise ValueError(f"model.num_classes is {m.num_classes}, but the classifier in {where} has {n} "
+                             f"outputs (config.json); drop model.num_classes or pass the matching checkpoint")
+        if num_classes is not None and num_classes > n:
+            raise ValueError(f"{where}: its classifier has {n} outputs (config.json) but {num_classes} are needed"
+                             + (" (it is an encoder without a head: fine-tune it first)" if n == 0 else ""))
+        require_head = n > 0
+    else:
+        n = m.num_classes if m.num_classes is not None else (num_classes or 0)
+        require_head = num_classes is not None and n > 0
+    model = create_model(m.name, num_classes=n, num_frames=m.num_frames, img_size=m.img_size,
+                         drop_path_rate=m.drop_path_rate, **m.overrides)
+    load_pretrained(model, checkpoint, strict=True, require_head=require_head)
+    return model
 
 
 def train_config(cfg: JobConfig):

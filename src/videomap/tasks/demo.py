@@ -13,14 +13,18 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 
 from ..config import load_config
 from ..data import make_synthetic_dataset
+from ..engine import read_metrics
+from ..io import write_json, write_text
 from .finetune import run_evaluate, run_finetune
 from .pretrain import run_pretrain
+
+log = logging.getLogger(__name__)
 
 FULL = dict(num_unlabeled=384, num_train=192, num_val=96, frames=8, size=64, pre_epochs=8, ft_epochs=15,
             eval_every=5, embed_dim=96, depth=8, batch=16, pre_lr=1.5e-3, ft_lr=1e-3)
@@ -41,21 +45,16 @@ def _base_overrides(p: dict) -> list[str]:
 
 
 def _train_curve(run_dir: str) -> list[tuple[int, float]]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-    return [(r["step"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r.get("split") == "train" and "loss" in r]
 
 
 def _plot(out: str, runs: dict[str, str]) -> str:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     pre = _train_curve(runs["pretrain"])
     if pre:
         axes[0].plot(*zip(*pre), marker=".")
@@ -72,7 +71,6 @@ def _plot(out: str, runs: dict[str, str]) -> str:
     fig.tight_layout()
     path = os.path.join(out, "curves.png")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -81,7 +79,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     t_start = time.time()
     out = os.path.abspath(out)
     data_dir = os.path.join(out, "data")
-    print(f"[demo] writing synthetic videos to {data_dir}", flush=True)
+    log.info("writing synthetic videos to %s", data_dir)
     train_list, val_list = make_synthetic_dataset(data_dir, num_train=p["num_train"], num_val=p["num_val"],
                                                   num_frames=16, size=p["size"], seed=seed)
     unlabeled_list, _ = make_synthetic_dataset(os.path.join(data_dir, "unlabeled"), num_train=p["num_unlabeled"],
@@ -90,8 +88,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     runs = {k: os.path.join(out, k) for k in ("pretrain", "finetune_pretrained", "finetune_scratch")}
     times = {}
 
-    print("[demo] 1/3 VideoMAP pre-training (frame-wise causal decoder, next-frame target, "
-          "teacher = normalised pixels, 50% saliency-weighted attention masking)", flush=True)
+    log.info("1/3 VideoMAP pre-training (frame-wise causal decoder, next-frame target, "
+             "teacher = normalised pixels, 50%% saliency-weighted attention masking)")
     t0 = time.time()
     pre_cfg = load_config(None, base + [
         "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame", "pretrain.teacher=pixel",
@@ -106,7 +104,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     results = {}
     for label, weights in (("finetune_pretrained", pre["encoder"]), ("finetune_scratch", None)):
         how = "from the pre-trained encoder" if weights else "from scratch"
-        print(f"[demo] {2 if weights else 3}/3 fine-tuning {how}", flush=True)
+        log.info("%d/3 fine-tuning %s", 2 if weights else 3, how)
         t0 = time.time()
         ft_cfg = load_config(None, base + [
             "task=finetune", f"data.train_list={train_list}", f"data.val_list={val_list}",
@@ -138,10 +136,9 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
         "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + f", total {total:.0f}s.",
     ])
     print("\n" + md + "\n", flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"results": results, "times_s": times, "total_s": total, "quick": quick, "params": p}, f, indent=1)
+    write_text(os.path.join(out, "results.md"), md + "\n")
+    write_json(os.path.join(out, "results.json"),
+               {"results": results, "times_s": times, "total_s": total, "quick": quick, "params": p})
     plot = _plot(out, runs)
-    print(f"[demo] results: {os.path.join(out, 'results.md')}  curves: {plot}", flush=True)
+    log.info("results: %s  curves: %s", os.path.join(out, "results.md"), plot)
     return {"results": results, "times": times, "total_s": total, "plot": plot}

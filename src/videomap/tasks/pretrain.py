@@ -9,7 +9,7 @@ from ..engine import Trainer, is_main_process
 from ..pretrain import MaskedPretrainer, build_teacher
 from .common import build_dataset, build_model, output_path, train_config
 
-log = logging.getLogger("videomap")
+log = logging.getLogger(__name__)
 
 
 def build_pretrainer(cfg: JobConfig) -> MaskedPretrainer:

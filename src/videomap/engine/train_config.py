@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-AMP_MODES = ("none", "bf16", "fp16")
-DISTRIBUTED_MODES = ("auto", "ddp", "fsdp", "none")
+AmpMode = Literal["none", "bf16", "fp16"]
+DistributedMode = Literal["auto", "ddp", "fsdp", "none"]
+AMP_MODES = get_args(AmpMode)
+DISTRIBUTED_MODES = get_args(DistributedMode)
 
 
 def scale_lr(base_lr: float, global_batch: int, base: int = 256) -> float:
@@ -51,7 +53,7 @@ class TrainConfig:
     eps: float = 1e-8
     accum_steps: int = 1
     clip_grad: float | None = None
-    amp: str = "none"
+    amp: AmpMode = "none"
     ema_decay: float | None = None
     save_every_steps: int | None = None
     keep_last: int | None = 2
@@ -61,7 +63,7 @@ class TrainConfig:
     num_workers: int = 0
     max_steps: int | None = None
     eval_every_epochs: int = 1
-    distributed: str = "auto"
+    distributed: DistributedMode = "auto"
     resume: bool = False
     device: str = "auto"
     find_unused_parameters: bool = False
@@ -110,12 +112,3 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a YAML/JSON mapping, rejecting unknown keys so typos do not pass silently."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
-        return cls(**data)

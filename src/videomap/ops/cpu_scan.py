@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._common import no_autocast
-from ._kernel import KernelLib
+from ._checks import no_autocast
+from .cpu_build import KernelLib
 
 _LANES = 16  # the kernel's state vector width; N is zero-padded up to a multiple of it
 MAX_STATE = 256  # NBMAX * VW in the C source; larger d_state goes to the PyTorch path

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
+
+from ..engine import all_reduce_sum
 
 __all__ = ["average_view_probs", "topk_correct", "accuracy", "AccuracyAccumulator"]
 
@@ -77,9 +78,8 @@ class AccuracyAccumulator:
             self.state[-1] += float(loss) * n
 
     def all_reduce(self) -> None:
-        """Sum the state over all processes (no-op outside an initialised process group)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.state, op=dist.ReduceOp.SUM)
+        """Sum the state over all processes (no-op in one process; NCCL gets a CUDA copy)."""
+        all_reduce_sum(self.state)
 
     @property
     def count(self) -> int:

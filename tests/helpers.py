@@ -1,4 +1,4 @@
-"""State dicts laid out exactly as the released VideoMamba checkpoints (REFERENCE §2-§3), random values."""
+"""Helpers shared by the test files (imported as ``tests.helpers``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,26 @@ import math
 
 import torch
 
+from videomap.models import create_model
 
+# the smallest shapes every backbone family accepts: 4 frames of 32x32 (2x2 patches of 16)
+TINY_CLIP = dict(img_size=32, num_frames=4)
+_TINY_DEPTH = {"videomamba": 2, "videomap": 4, "vit": 2}
+
+
+def tiny_model(name: str = "videomap_tiny", num_classes: int = 0, **kw):
+    """A registry model at test size: 2-4 blocks of width 32 (a hybrid gets an attention block after
+    every 2nd Mamba layer), 4 frames of 32x32 unless overridden."""
+    family = name.split("_")[0]
+    arch = dict(depth=_TINY_DEPTH[family], embed_dim=32)
+    if family == "videomap":
+        arch["attn_every"] = 2
+    if family == "vit":
+        arch["num_heads"] = 2
+    return create_model(name, num_classes=num_classes, **{**TINY_CLIP, **arch, **kw})
+
+
+# --- state dicts laid out exactly as the released VideoMamba checkpoints (REFERENCE §2-§3), random values
 def reference_layer_shapes(d: int) -> dict[str, tuple[int, ...]]:
     """Per-layer names and shapes of a VideoMamba checkpoint (REFERENCE §2)."""
     e, r = 2 * d, math.ceil(d / 16)

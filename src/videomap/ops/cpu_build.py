@@ -18,11 +18,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger("videomap.ops")
+from ..io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.c"
 LIB_NAME = "libvideomap_selective_scan.so"
@@ -131,17 +132,11 @@ def _bind(path: Path) -> ctypes.CDLL:
 
 def _compile(cc: str, flags: list[str], src: Path, dest: Path) -> None:
     """Compile into a private temp file next to ``dest`` and publish it with an atomic rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(dest) as tmp:
         res = subprocess.run([cc, *flags, str(src), "-o", str(tmp), "-lm"],
                              capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise KernelUnavailable(f"{Path(cc).name} failed: {res.stderr.strip()[-2000:]}")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _tmp_root() -> Path:

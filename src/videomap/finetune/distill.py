@@ -7,11 +7,16 @@ differ, a learned Linear maps the student's feature to the teacher's width.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DISTILL_LOSSES = ("l2", "cos")
+from ..models.base import WrapsBackbone
+
+DistillLoss = Literal["l2", "cos"]
+DISTILL_LOSSES = get_args(DistillLoss)
 
 
 def feature_distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "l2") -> torch.Tensor:
@@ -24,14 +29,16 @@ def feature_distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str
     raise ValueError(f"distill loss: expected one of {DISTILL_LOSSES}, got {kind!r}")
 
 
-class FeatureDistiller(nn.Module):
+class FeatureDistiller(WrapsBackbone, nn.Module):
     """Wraps a student classifier; ``forward(video) -> (logits, feature loss)``.
 
     The teacher is held outside the module tree: it is frozen, never in train mode, not wrapped by
     DDP and not written to checkpoints.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, loss: str = "l2") -> None:
+    backbone_attr = "student"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, loss: DistillLoss = "l2") -> None:
         super().__init__()
         if loss not in DISTILL_LOSSES:
             raise ValueError(f"distill loss: expected one of {DISTILL_LOSSES}, got {loss!r}")
@@ -47,18 +54,6 @@ class FeatureDistiller(nn.Module):
     def teacher(self) -> nn.Module:
         return self._teacher[0]
 
-    # layer-wise lr decay and weight-decay exclusions follow the student
-    def num_lr_layers(self) -> int:
-        return self.student.num_lr_layers()
-
-    def lr_layer_id(self, name: str) -> int:
-        if name.startswith("student."):
-            return self.student.lr_layer_id(name[len("student."):])
-        return self.num_lr_layers() - 1
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"student.{n}" for n in self.student.no_weight_decay()}
-
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.student.forward_features(video)
         logits = self.student.forward_head(feats)
@@ -68,3 +63,25 @@ class FeatureDistiller(nn.Module):
         with torch.no_grad():
             target = teacher.forward_features(video)[:, 0]
         return logits, feature_distill_loss(self.proj(feats[:, 0]), target, self.loss)
+
+
+def student_of(model: nn.Module) -> nn.Module:
+    """The classifier inside a self-distillation wrapper (the model itself otherwise)."""
+    return model.student if isinstance(model, FeatureDistiller) else model
+
+
+def build_distiller(student: nn.Module, teacher_name: str | None, checkpoint: str | None, *,
+                    num_frames: int, img_size: int, loss: DistillLoss = "l2",
+                    teacher_overrides: dict | None = None) -> nn.Module:
+    """Wrap ``student`` for self-distillation from a trained registry model; ``student`` itself when
+    ``teacher_name`` is None."""
+    if not teacher_name:
+        return student
+    if not checkpoint:
+        raise ValueError("finetune.distill_checkpoint is required with distill_model (the trained teacher)")
+    from ..models import create_model, load_pretrained
+
+    teacher = create_model(teacher_name, num_classes=0, num_frames=num_frames, img_size=img_size,
+                           **(teacher_overrides or {}))
+    load_pretrained(teacher, checkpoint, strict=True)
+    return FeatureDistiller(student, teacher, loss=loss)

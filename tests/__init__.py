@@ -1,0 +1,1 @@
+"""videomap test suite (a package, so that shared helpers import as ``tests.helpers``)."""

@@ -1,0 +1,1 @@
+"""Toy model, data and launch script for the engine tests."""
