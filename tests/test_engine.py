@@ -103,11 +103,15 @@ class _LayeredModel(nn.Module):
         self.embed = nn.Linear(4, 4)
         self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
         self.head = nn.Linear(4, 2)
+        self.modes_asked: set[str] = set()
 
     def num_lr_layers(self) -> int:
         return 5
 
-    def lr_layer_id(self, name: str) -> int:
+    def lr_layer_id(self, name: str, mode: str = "per_block") -> int:
+        self.modes_asked.add(mode)
+        if mode == "released" and not name.startswith("embed"):
+            return 4  # a stand-in grouping: only the embedding decays
         if name.startswith("embed"):
             return 0
         if name.startswith("blocks."):
@@ -134,12 +138,23 @@ def test_no_decay_groups():
 
 
 def test_layer_decay_scaling_and_missing_methods():
-    opt = build_optimizer(_LayeredModel(), lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    model = _LayeredModel()
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5, layer_decay_mode="per_block")
+    assert model.modes_asked == {"per_block"}
     expected = [("embed.weight", 0), ("blocks.0.weight", 1), ("blocks.2.bias", 3), ("head.weight", 4)]
     for name, layer in expected:
         g = _group_of(opt, name)
         assert g["lr_scale"] == pytest.approx(0.5 ** (4 - layer))
         assert g["base_lr"] == pytest.approx(1e-3 * 0.5 ** (4 - layer))
+    # the mode is the model's business: the engine passes it on (default: the released grouping)
+    model = _LayeredModel()
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    assert model.modes_asked == {"released"}
+    assert _group_of(opt, "blocks.0.weight")["lr_scale"] == 1.0 and _group_of(opt, "embed.weight")["lr_scale"] == 0.5**4
+    with pytest.raises(ValueError, match="layer_decay_mode"):
+        build_optimizer(_LayeredModel(), lr=1e-3, layer_decay=0.5, layer_decay_mode="per_layer")
+    with pytest.raises(ValueError, match="layer_decay_mode"):
+        TrainConfig(layer_decay_mode="per_layer")
     with pytest.raises(ValueError, match="lr_layer_id"):
         build_optimizer(nn.Linear(3, 3), lr=1e-3, layer_decay=0.75)
 
@@ -160,6 +175,7 @@ def test_cosine_schedule_values(tmp_path):
     ds = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
     trainer = Trainer(model, lambda m, b: nn.functional.cross_entropy(m.head(m.embed(b[0])), b[1]), ds, cfg)
     sched = trainer.scheduler
+    assert model.modes_asked == {"released"}  # the trainer passes train.layer_decay_mode on
     assert trainer.total_steps == 10
     assert sched.apply(0) == 0.0
     assert sched.apply(3) == pytest.approx(1.0)

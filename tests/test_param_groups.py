@@ -1,9 +1,11 @@
 """The optimizer's parameter groups are decided by the models, and pinned.
 
 ``data/param_groups_v0.json`` holds, for every parameter, (weight decay, lr scale) as the engine
-computed them when it still hard-coded VideoMamba tensor names. The policy now lives in the
-models (``no_weight_decay()``, ``_no_weight_decay`` flags, ``lr_layer_id``); these tests prove the
-effective groups did not move.
+computed them when it still hard-coded VideoMamba tensor names, with one layer per block (today's
+``layer_decay_mode="per_block"``). The policy now lives in the models (``no_weight_decay()``,
+``_no_weight_decay`` flags, ``lr_layer_id``); these tests prove the effective groups did not move.
+The ``released`` mode (the authors' released VideoMamba grouping, now the default) is checked
+against its rule, written out here, rather than against a pinned file.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from videomap.pretrain import MaskedPretrainer, PixelTeacher
 PINNED = os.path.join(os.path.dirname(__file__), "data", "param_groups_v0.json")
 
 
-def _rows(model, layer_decay):
+def _rows(model, layer_decay, mode="per_block"):
     out = {}
-    for g in param_groups(model, 0.05, layer_decay):
+    for g in param_groups(model, 0.05, layer_decay, layer_decay_mode=mode):
         for n in g["param_names"]:
             out[n] = [g["weight_decay"], round(g["lr_scale"], 12)]
     return out
@@ -68,7 +70,56 @@ def test_wrappers_answer_for_their_backbone():
     teacher = _backbone("videomamba_tiny", num_classes=0, embed_dim=96, depth=2)
     dist = _rows(FeatureDistiller(student, teacher), 0.75)
     assert {n[len("student."):]: v for n, v in dist.items() if n.startswith("student.")} == _rows(student, 0.75)
-    assert dist["proj.weight"] == [0.05, 1.0]
+    assert dist["proj.linear.weight"] == [0.05, 1.0] and dist["proj.norm.weight"] == [0.0, 1.0]
+    assert _rows(FeatureDistiller(student, teacher, target="cls"), 0.75)["proj.weight"] == [0.05, 1.0]
+
+
+def _released_rule(name: str, num_blocks: int, decay: float, blocks_decay: list[str] | None = None) -> float:
+    """The lr scale of ``get_num_layer_for_vit`` in VideoMamba's released optim_factory.py: the
+    scale table is ``decay ** (num_blocks + 1 - i)`` for i in 0..num_blocks+1; ``cls_token``,
+    ``pos_embed`` and ``patch_embed.*`` get i = 0, ``blocks.N.*`` (ViT only) i = N + 1, everything
+    else the last entry (the ``layers.*`` branch is commented out)."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+        return decay ** (num_blocks + 1)
+    for i, prefix in enumerate(blocks_decay or []):
+        if name.startswith(prefix + "."):
+            return decay ** (num_blocks - i)
+    return 1.0
+
+
+@pytest.mark.parametrize("name", ["videomap_tiny", "videomamba_tiny", "vit_tiny"])
+def test_released_mode_follows_the_released_rule(name):
+    model = _backbone(name, num_classes=10)
+    n = len(model.block_names())
+    per_block_decay = model.block_names() if name.startswith("vit") else None
+    got = _rows(model, 0.8, mode="released")
+    assert set(got) == {k for k, p in model.named_parameters() if p.requires_grad}
+    for k, (_, scale) in got.items():
+        assert scale == pytest.approx(_released_rule(k, n, 0.8, per_block_decay), rel=1e-9), k
+    # the three embedding tensors are the only ones below the full rate for the Mamba models
+    low = {k for k, (_, s) in got.items() if s < 1.0}
+    if per_block_decay is None:
+        assert low == {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+        assert got["temporal_pos_embedding"][1] == 1.0 and got["layers.0.mixer.in_proj.weight"][1] == 1.0
+        assert got["norm_f.weight"][1] == 1.0 and got["head.weight"][1] == 1.0
+    else:
+        assert got["blocks.0.attn.qkv.weight"][1] == pytest.approx(0.8 ** n)
+    assert got["pos_embed"][1] == pytest.approx(0.8 ** (n + 1))
+    # weight decay does not depend on the mode
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in _rows(model, 0.8).items()}
+
+
+def test_released_mode_through_the_wrappers():
+    enc = _backbone("videomap_tiny", num_classes=0)
+    alone = _rows(enc, 0.75, mode="released")
+    pre = _rows(MaskedPretrainer(enc, PixelTeacher(16), objective="frame", decoder_dim=64), 0.75, mode="released")
+    assert {n[len("encoder."):]: v for n, v in pre.items() if n.startswith("encoder.")} == alone
+    assert all(v[1] == 1.0 for n, v in pre.items() if not n.startswith("encoder."))
+    student = _backbone("videomap_tiny", num_classes=3)
+    teacher = _backbone("videomamba_tiny", num_classes=0, embed_dim=96, depth=2)
+    dist = _rows(FeatureDistiller(student, teacher), 0.75, mode="released")
+    assert {n[len("student."):]: v for n, v in dist.items() if n.startswith("student.")} == _rows(
+        student, 0.75, mode="released")
 
 
 def test_engine_names_no_model_tensor():

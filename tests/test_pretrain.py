@@ -91,23 +91,58 @@ def test_token_decoder_differs_from_frame_decoder_within_a_frame():
 
 
 # ----------------------------------------------------------------------------- masking
-@pytest.mark.parametrize("kind", ["attention", "random", "tube", "frame_row", "clip_row"])
+@pytest.mark.parametrize("kind", ["attention", "random_frame", "tube", "frame_row", "shared_row"])
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
 def test_mask_counts_per_frame(kind, ratio):
+    """Kinds that fix the count per frame: floor(h*w*r) patches or floor(h*r) rows in every frame."""
     t, h, w = 3, 5, 4
     gen = MaskGenerator(kind, ratio, seed=0)
     attn = torch.rand(6, t, h * w)
     mask = gen(6, (t, h, w), attn=attn).reshape(6, t, h, w)
     if kind.endswith("row"):
         expected = (h - int(h * ratio)) * w
+        assert bool((mask == mask[..., :1]).all())  # whole rows
     else:
         expected = h * w - int(h * w * ratio)
     assert bool(((~mask).sum((2, 3)) == expected).all())
-    if kind == "tube":
+    if kind in ("tube", "shared_row"):
         assert bool((mask == mask[:, :1]).all())
-    if kind == "clip_row":
-        assert bool((mask == mask[:, :1]).all())
-        assert bool((mask == mask[..., :1]).all())
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
+def test_random_mask_draws_over_the_whole_clip(ratio):
+    """VideoMamba's ``random``: floor(T*h*w*r) hidden per sample, not a fixed count per frame."""
+    t, h, w = 4, 5, 3
+    n = t * h * w
+    mask = MaskGenerator("random", ratio, seed=0)(64, (t, h, w))
+    assert bool((mask.sum(1) == int(n * ratio)).all())
+    per_frame = mask.reshape(64, t, h * w).sum(-1)
+    assert per_frame.unique().numel() > 1  # frames hide different numbers of patches
+    frame_wise = MaskGenerator("random_frame", ratio, seed=0)(64, (t, h, w)).reshape(64, t, h * w).sum(-1)
+    assert bool((frame_wise == int(h * w * ratio)).all())  # the per-frame variant keeps its own name
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_clip_row_mask_draws_rows_over_all_frames(ratio):
+    """VideoMamba's ``RandomRowMaskingGenerator``: T*floor(h*r) whole rows among all T*h rows."""
+    t, h, w = 4, 4, 3
+    mask = MaskGenerator("clip_row", ratio, seed=0)(64, (t, h, w)).reshape(64, t, h, w)
+    assert bool((mask == mask[..., :1]).all())  # whole rows
+    rows = mask[..., 0]  # (B, t, h)
+    assert bool((rows.sum((1, 2)) == t * int(h * ratio)).all())
+    assert rows.sum(2).unique().numel() > 1  # not the same number of rows in every frame
+    assert not bool((rows == rows[:, :1]).all())  # nor the same rows
+
+
+def test_masks_give_equal_counts_per_sample_to_the_encoder():
+    """The encoder needs the same number of hidden tokens per sample; every kind delivers it."""
+    torch.manual_seed(0)
+    enc = tiny_encoder().eval()
+    x = torch.randn(3, 3, 4, 32, 32)
+    attn = torch.rand(3, *GRID[:1], 4)
+    for kind in ("attention", "random", "random_frame", "tube", "frame_row", "clip_row", "shared_row", "none"):
+        mask = MaskGenerator(kind, 0.5, seed=0)(3, GRID, attn=attn)
+        assert enc.forward_features(x, mask=mask).shape[1] == 1 + int((~mask[0]).sum()), kind
 
 
 def test_attention_masking_prefers_salient_patches():
@@ -181,6 +216,74 @@ def test_masked_only_loss_ignores_visible_positions():
     assert next_frame_loss(pred, target, mask, GRID, loss_on="all").item() > 0
 
 
+def test_target_hidden_scores_only_targets_hidden_from_the_encoder():
+    """``target_hidden`` keys on the *target* token (t+1, p); ``masked`` on the prediction's own input
+    token (t, p)."""
+    t, h, w = GRID
+    n = h * w
+    target = torch.zeros(1, t, n, 2)
+    mask = torch.zeros(1, t * n, dtype=torch.bool)
+    mask[0, 1 * n + 0] = True  # frame 1, position 0 hidden: the target of the prediction at (0, 0)
+    mask[0, 2 * n + 3] = True  # frame 2, position 3 hidden: the input of (2, 3) and the target of (1, 3)
+    pred = torch.zeros(1, 1 + t * n, 2)
+    pred[0, 1 + 0 * n + 0] = 5.0  # prediction (0, 0) -> target (1, 0), hidden
+    pred[0, 1 + 0 * n + 1] = 7.0  # prediction (0, 1) -> target (1, 1), visible everywhere
+    pred[0, 1 + 2 * n + 3] = 3.0  # prediction (2, 3): its input was hidden, its target (3, 3) visible
+    assert next_frame_loss(pred, target, mask, GRID, loss_on="target_hidden").item() == pytest.approx(25.0 / 2)
+    assert next_frame_loss(pred, target, mask, GRID, loss_on="masked").item() == pytest.approx(9.0 / 2)
+    assert next_frame_loss(pred, target, mask, GRID, loss_on="all").item() == pytest.approx(
+        (25 + 49 + 9) / ((t - 1) * n))
+    with pytest.raises(ValueError, match="loss_on"):
+        next_frame_loss(pred, target, mask, GRID, loss_on="hidden")
+
+
+# ----------------------------------------------------------------------------- decoder cls
+def _encoder_output_grad(cls_weight: float, teacher=None):
+    """Gradients at the encoder's output tokens (the cls one feeds the classifier later) and at its
+    cls_token parameter after one pre-training loss."""
+    torch.manual_seed(0)
+    pt = MaskedPretrainer(tiny_encoder(), teacher or PixelTeacher(16), objective="frame", mask_type="random",
+                          decoder_dim=16, decoder_depth=1, cls_weight=cls_weight)
+    captured = {}
+    features = pt.encoder.forward_features
+
+    def keep(video, mask=None):
+        out = features(video, mask=mask)
+        out.retain_grad()
+        captured["tokens"] = out
+        return out
+
+    pt.encoder.forward_features = keep
+    loss, stats = pt(moving_pattern())
+    loss.backward()
+    return captured["tokens"].grad, pt.encoder.cls_token.grad.clone(), stats
+
+
+def test_decoder_cls_gives_the_encoder_cls_a_signal():
+    grad, cls_param, stats = _encoder_output_grad(1.0)
+    assert grad[:, 0].abs().sum() > 0 and "loss_cls" in stats
+    grad0, cls_param0, stats0 = _encoder_output_grad(0.0)
+    # without the cls term the encoder's cls output gets exactly nothing: the decoder drops it
+    # before its blocks and the loss ignored its output
+    assert bool((grad0[:, 0] == 0).all()) and bool((grad0[:, 1:] != 0).any()) and "loss_cls" not in stats0
+    # the cls_token parameter also reaches the patch tokens through the encoder, so its gradient is
+    # not zero either way, but the cls term changes it
+    assert not torch.allclose(cls_param, cls_param0)
+
+
+def test_cls_target_is_the_clip_level_teacher_cls():
+    from videomap.pretrain import clip_level_cls, cls_loss
+
+    x = torch.randn(2, 3, 4, 32, 32)
+    out = PixelTeacher(16)(x, (2, 2))
+    # pixels have no cls: the clip-level target is the mean of all patch targets of the clip
+    assert torch.allclose(clip_level_cls(out), out.patch.mean((1, 2)), atol=1e-6)
+    assert torch.allclose(clip_level_cls(TeacherOutput(out.patch, out.cls)), out.cls.mean(1), atol=1e-6)
+    pred = torch.zeros(2, 17, 768)
+    pred[:, 0] = clip_level_cls(out)
+    assert cls_loss(pred, clip_level_cls(out)).item() == pytest.approx(0.0, abs=1e-10)
+
+
 # ----------------------------------------------------------------------------- teachers
 def test_pixel_teacher_shapes_and_normalisation():
     x = torch.randn(2, 3, 4, 32, 32)
@@ -203,6 +306,43 @@ def test_clip_teacher_from_local_dir(clip_dir):
     assert teacher(torch.randn(1, 3, 2, 64, 64), (2, 2)).patch.shape == (1, 2, 4, 24)
     with pytest.raises(ValueError, match="CLIP"):
         CLIPTeacher(clip_dir + "/missing", local_files_only=True)
+
+
+def test_clip_targets_videomamba_versus_postnorm(clip_dir):
+    """``videomamba``: last-layer tokens without ln_post, per-frame cls averaged over frames before the
+    projection; ``postnorm``: ln_post on every token. Recomputed here from the HF model's states."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 32, 32)
+    vm = CLIPTeacher(clip_dir, local_files_only=True)
+    assert vm.target == "videomamba"
+    pn = CLIPTeacher(clip_dir, local_files_only=True, target="postnorm")
+    a, b = vm(x, (2, 2)), pn(x, (2, 2))
+
+    clip = vm.clip
+    frames = x.permute(0, 2, 1, 3, 4).reshape(8, 3, 32, 32) * vm.in_scale + vm.in_shift
+    with torch.no_grad():
+        states = clip.vision_model(pixel_values=frames, output_hidden_states=True).hidden_states
+        last = states[-1]  # (8, 1 + 4, 32): the last encoder layer, no post_layernorm
+        proj = clip.visual_projection
+        raw = F.normalize(proj(last), dim=-1)
+        post = F.normalize(proj(clip.vision_model.post_layernorm(last)), dim=-1)
+        clip_cls = F.normalize(proj(last[:, 0].reshape(2, 4, -1).mean(1)), dim=-1)
+    assert torch.allclose(a.patch, raw[:, 1:].reshape(2, 4, 4, -1), atol=1e-5)
+    assert torch.allclose(a.cls, raw[:, 0].reshape(2, 4, -1), atol=1e-5)
+    assert torch.allclose(a.clip_cls, clip_cls, atol=1e-5)
+    assert torch.allclose(b.patch, post[:, 1:].reshape(2, 4, 4, -1), atol=1e-5)
+    assert b.clip_cls is None
+    from videomap.pretrain import clip_level_cls
+
+    assert torch.allclose(clip_level_cls(b), post[:, 0].reshape(2, 4, -1).mean(1), atol=1e-5)
+    # the two modes really differ, and averaging before projecting is not the mean of the per-frame cls
+    assert not torch.allclose(a.patch, b.patch, atol=1e-3)
+    assert not torch.allclose(a.clip_cls, F.normalize(a.cls.mean(1), dim=-1), atol=1e-4)
+    assert torch.allclose(a.attn, b.attn)  # the masking attention does not depend on the target mode
+    with pytest.raises(ValueError, match="clip target"):
+        CLIPTeacher(clip_dir, local_files_only=True, target="ln_post")
 
 
 def test_cached_teacher_reuses_outputs():

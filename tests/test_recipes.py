@@ -27,26 +27,59 @@ def lists(synthetic_videos):
     return synthetic_videos(num_train=20, num_val=4)
 
 
-def test_self_distillation_reduces_feature_loss():
+@pytest.mark.parametrize("target,loss", [("tokens", "cos"), ("cls", "l2"), ("cls", "cos")])
+def test_self_distillation_reduces_feature_loss(target, loss):
     torch.manual_seed(0)
     teacher = create_model("videomamba_tiny", num_classes=0, img_size=32, num_frames=4, depth=2, embed_dim=32)
     student = create_model("videomamba_tiny", num_classes=3, img_size=32, num_frames=4, depth=2, embed_dim=48)
-    model = FeatureDistiller(student, teacher, loss="l2")
+    model = FeatureDistiller(student, teacher, loss=loss, target=target)
     assert not any(p.requires_grad for p in teacher.parameters())
     assert not any(k.startswith("_teacher") or "teacher" in k for k in model.state_dict())
     x = torch.randn(4, 3, 4, 32, 32)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(15):
-        _, loss = model(x)
+        _, value = model(x)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(value.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert model.lr_layer_id("student.layers.1.norm.weight") == 2 and model.lr_layer_id("proj.weight") == 3
-    cos = FeatureDistiller(student, teacher, loss="cos")
-    assert 0 <= cos(x)[1].item() <= 4
+    if loss == "cos":
+        assert 0 <= losses[-1] <= 4
+
+
+def test_token_distillation_is_the_authors_form():
+    """Default: every token, through a trained norm + Linear head, 2 - 2 cos of the L2-normalised pair
+    (videomamba/image_sm/models/videomamba_distill.py); ``cls`` keeps the cls-only variant."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    teacher = create_model("videomamba_tiny", num_classes=0, img_size=32, num_frames=4, depth=2, embed_dim=32)
+    student = create_model("videomamba_tiny", num_classes=3, img_size=32, num_frames=4, depth=2, embed_dim=48)
+    model = FeatureDistiller(student, teacher).eval()
+    assert (model.target, model.loss) == ("tokens", "cos")
+    head = {n for n, p in model.named_parameters() if n.startswith("proj.") and p.requires_grad}
+    assert head == {"proj.norm.weight", "proj.linear.weight", "proj.linear.bias"}  # trained with the student
+    x = torch.randn(2, 3, 4, 32, 32)
+    logits, value = model(x)
+    with torch.no_grad():
+        s, t = student.forward_features(x), teacher.forward_features(x)
+        assert s.shape[1] == 1 + 4 * 2 * 2
+        cos = (F.normalize(model.proj(s), dim=-1) * F.normalize(t, dim=-1)).sum(-1)  # (B, tokens)
+    assert logits.shape == (2, 3)
+    assert value.item() == pytest.approx((2 - 2 * cos).mean().item(), rel=1e-5)
+    assert value.item() != pytest.approx((2 - 2 * cos[:, 0]).mean().item(), rel=1e-3)
+    value.backward()
+    assert model.proj.linear.weight.grad.abs().sum() > 0 and model.proj.norm.weight.grad.abs().sum() > 0
+
+    cls_only = FeatureDistiller(student, teacher, target="cls").eval()
+    with torch.no_grad():
+        expected = (2 - 2 * F.cosine_similarity(cls_only.proj(s[:, 0]), t[:, 0], dim=-1)).mean()
+        assert cls_only(x)[1].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="distill target"):
+        FeatureDistiller(student, teacher, target="patches")
 
 
 def test_distillation_finetune_run(tmp_path, lists):

@@ -1,10 +1,10 @@
 """Job configuration: YAML files mapped onto dataclasses, with ``key=value`` overrides.
 
 A job file has the sections ``model``, ``data``, ``pretrain``, ``finetune``, ``extract``,
-``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the top-level keys ``task``
-and ``blr``. Every value is checked against its field's type annotation when the file is loaded:
-unknown keys and invalid choices are errors that list the valid ones, so a typo never silently
-does nothing and never surfaces deep inside a run after the dataset has been built.
+``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the top-level keys ``task``,
+``blr`` and ``min_blr``. Every value is checked against its field's type annotation when the file
+is loaded: unknown keys and invalid choices are errors that list the valid ones, so a typo never
+silently does nothing and never surfaces deep inside a run after the dataset has been built.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import yaml
 from .data.annotations import ListFormat
 from .data.sampling import Sampling
 from .engine import TrainConfig, scale_lr
-from .finetune.distill import DistillLoss
+from .finetune.distill import DistillLoss, DistillTarget
 from .pretrain.masking import MaskType
-from .pretrain.objectives import LossOn, Objective, TargetNorm
-from .pretrain.teachers import TeacherKind
+from .pretrain.objectives import DEFAULT_LOSS_ON, LossOn, Objective, TargetNorm
+from .pretrain.teachers import ClipTarget, TeacherKind
 
 Task = Literal["pretrain", "finetune", "evaluate", "extract"]
 # the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files)
@@ -73,14 +73,20 @@ class PretrainSection:
     objective: Objective = "frame"
     teacher: TeacherKind = "clip"
     clip_model: str | None = "openai/clip-vit-base-patch16"
+    clip_target: ClipTarget = "videomamba"  # which CLIP tokens are targets (docs/pretraining.md)
     local_files_only: bool = False
     teacher_cache: int = 0
     mask_type: MaskType = "attention"
     mask_ratio: float = 0.5
     decoder_dim: int | None = 512
     decoder_depth: int = 3
-    loss_on: LossOn = "all"
+    loss_on: LossOn = DEFAULT_LOSS_ON
     target_norm: TargetNorm = "none"
+    cls_weight: float = 1.0  # decoder cls vs the teacher's clip-level cls (frame/token objectives); 0: off
+
+    def __post_init__(self) -> None:
+        if self.cls_weight < 0:
+            raise ValueError(f"cls_weight must be >= 0, got {self.cls_weight}")
 
 
 @dataclass
@@ -94,7 +100,8 @@ class FinetuneSection:
     distill_checkpoint: str | None = None  # its trained weights
     distill_overrides: dict[str, Any] = field(default_factory=dict)  # extra teacher constructor kwargs
     distill_weight: float = 1.0
-    distill_loss: DistillLoss = "l2"
+    distill_loss: DistillLoss = "cos"
+    distill_target: DistillTarget = "tokens"  # tokens: the whole final feature map (authors' code); cls: cls only
 
 
 @dataclass
@@ -111,6 +118,7 @@ class ExtractSection:
 class JobConfig:
     task: Task = "finetune"
     blr: float | None = None  # base lr per 256 clips; sets train.lr = blr * global_batch / 256
+    min_blr: float | None = None  # final lr per 256 clips; sets train.min_lr = min_blr * global_batch / 256
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
@@ -131,6 +139,13 @@ class JobConfig:
 
     def resolved_lr(self) -> float:
         return scale_lr(self.blr, self.global_batch()) if self.blr is not None else self.train.lr
+
+    def resolved_min_lr(self) -> float:
+        return scale_lr(self.min_blr, self.global_batch()) if self.min_blr is not None else self.train.min_lr
+
+    def resolved_train(self) -> TrainConfig:
+        """The engine config with ``lr`` / ``min_lr`` resolved from ``blr`` / ``min_blr`` when given."""
+        return dataclasses.replace(self.train, lr=self.resolved_lr(), min_lr=self.resolved_min_lr())
 
 
 def _where(where: str, key: str) -> str:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+
+# How a model assigns its tensors to lr layers under layer-wise decay (the model implements it; the
+# engine only passes the choice on): "released" is the grouping of the authors' released VideoMamba
+# code, "per_block" the textbook one (every block one layer, in execution order). See
+# docs/recipes.md, "Layer-wise lr decay".
+LayerDecayMode = Literal["released", "per_block"]
+LAYER_DECAY_MODES = get_args(LayerDecayMode)
 
 
 def _matches(name: str, names: Iterable[str]) -> bool:
@@ -38,14 +45,18 @@ def param_groups(
     weight_decay: float,
     layer_decay: float | None = None,
     extra_no_decay: Iterable[str] = (),
+    layer_decay_mode: LayerDecayMode = "released",
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into groups keyed by (decay, layer).
 
     Each group carries ``lr_scale`` (``layer_decay ** (num_layers - 1 - layer_id)``, or 1) so the
     scheduler can set ``lr = base_lr * lr_scale * factor`` without forgetting the layer scaling.
-    Raises ``ValueError`` if layer decay is requested from a model that cannot say which layer a
-    parameter belongs to.
+    The layer of a tensor is the model's answer to ``lr_layer_id(name, layer_decay_mode)``; the
+    engine itself knows no tensor names. Raises ``ValueError`` if layer decay is requested from a
+    model that cannot say which layer a parameter belongs to, or for an unknown mode.
     """
+    if layer_decay_mode not in LAYER_DECAY_MODES:
+        raise ValueError(f"layer_decay_mode must be one of {LAYER_DECAY_MODES}, got {layer_decay_mode!r}")
     skip = set(extra_no_decay)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())
@@ -54,7 +65,7 @@ def param_groups(
     if use_layers:
         if not (hasattr(model, "lr_layer_id") and hasattr(model, "num_lr_layers")):
             raise ValueError(
-                f"layer_decay={layer_decay} needs the model to define lr_layer_id(name) and "
+                f"layer_decay={layer_decay} needs the model to define lr_layer_id(name, mode) and "
                 f"num_lr_layers(); {type(model).__name__} does not"
             )
         num_layers = int(model.num_lr_layers())
@@ -66,9 +77,9 @@ def param_groups(
         layer = 0
         scale = 1.0
         if use_layers:
-            layer = int(model.lr_layer_id(name))
+            layer = int(model.lr_layer_id(name, layer_decay_mode))
             if not 0 <= layer < num_layers:
-                raise ValueError(f"lr_layer_id({name!r}) = {layer} is outside [0, {num_layers})")
+                raise ValueError(f"lr_layer_id({name!r}, {layer_decay_mode!r}) = {layer} is outside [0, {num_layers})")
             scale = float(layer_decay) ** (num_layers - 1 - layer)
         key = (no_decay, layer)
         if key not in groups:
@@ -93,9 +104,10 @@ def build_optimizer(
     eps: float = 1e-8,
     layer_decay: float | None = None,
     extra_no_decay: Iterable[str] = (),
+    layer_decay_mode: LayerDecayMode = "released",
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; every group records ``base_lr = lr * lr_scale``."""
-    groups = param_groups(model, weight_decay, layer_decay, extra_no_decay)
+    groups = param_groups(model, weight_decay, layer_decay, extra_no_decay, layer_decay_mode)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     for g in groups:

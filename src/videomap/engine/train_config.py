@@ -7,6 +7,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from .optim import LAYER_DECAY_MODES, LayerDecayMode
+
 AmpMode = Literal["none", "bf16", "fp16"]
 DistributedMode = Literal["auto", "ddp", "fsdp", "none"]
 AMP_MODES = get_args(AmpMode)
@@ -33,6 +35,10 @@ class TrainConfig:
     overrides ``warmup_epochs``. ``max_steps`` caps the number of optimizer steps and the
     learning-rate schedule is compressed to fit inside the cap.
 
+    ``layer_decay`` scales a tensor's lr by ``layer_decay ** (num_lr_layers - 1 - layer)``, the
+    layer being the model's answer under ``layer_decay_mode``: "released" (the authors' released
+    VideoMamba grouping) or "per_block" (one layer per block).
+
     ``amp`` is "none", "bf16" (CPU and CUDA) or "fp16" (CUDA only, with a GradScaler);
     unsupported combinations warn and train in fp32. ``distributed`` is "auto" (DDP when
     launched with more than one process), "ddp", "fsdp" or "none". Checkpoints are written every
@@ -49,6 +55,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     weight_decay: float = 0.05
     layer_decay: float | None = None
+    layer_decay_mode: LayerDecayMode = "released"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     accum_steps: int = 1
@@ -92,6 +99,8 @@ class TrainConfig:
             warnings.warn(f"min_lr ({self.min_lr}) > lr ({self.lr}); the schedule will rise", stacklevel=3)
         if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
             raise ValueError("warm-up length must be >= 0")
+        if self.layer_decay_mode not in LAYER_DECAY_MODES:
+            raise ValueError(f"layer_decay_mode must be one of {LAYER_DECAY_MODES}, got {self.layer_decay_mode!r}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:

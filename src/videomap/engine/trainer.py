@@ -185,7 +185,8 @@ class Trainer:
         self.model = wrap_model(model, self.mode, self.device, cfg.find_unused_parameters)
         # Built after wrapping: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(
-            model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, extra_no_decay=flagged
+            model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, extra_no_decay=flagged,
+            layer_decay_mode=cfg.layer_decay_mode,
         )
         self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None

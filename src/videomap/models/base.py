@@ -126,14 +126,39 @@ class VideoBackbone(nn.Module):
     def num_lr_layers(self) -> int:
         return len(self.block_names()) + 2
 
-    def lr_layer_id(self, name: str) -> int:
-        """0 for embeddings, 1..n for blocks in execution order, n+1 for the final norm and head."""
-        if name.startswith(("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed")):
-            return 0
-        for i, prefix in enumerate(self.block_names()):
+    # Whether the authors' released grouping gives every block its own layer. Their
+    # ``get_num_layer_for_vit`` (videomamba/video_sm/optim_factory.py) keeps the ``blocks.*`` branch
+    # (ViT) but has the ``layers.*`` branch (VideoMamba) commented out.
+    released_block_layers: bool = False
+
+    def lr_layer_id(self, name: str, mode: str = "per_block") -> int:
+        """The lr layer of tensor ``name`` for layer-wise lr decay (``num_lr_layers()`` layers).
+
+        ``per_block``: 0 for the embeddings (``cls_token``, ``pos_embed``, ``temporal_pos_embedding``,
+        ``patch_embed``), 1..n for the blocks in execution order, n+1 for the final norm and head.
+
+        ``released``: the grouping of the authors' released VideoMamba code. Only ``cls_token``,
+        ``pos_embed`` and ``patch_embed`` are in layer 0 (scale ``layer_decay ** (n + 1)``);
+        everything else -- every Mamba block (and every Transformer block of the hybrid), the final
+        norm, the head and ``temporal_pos_embedding`` -- is in the last layer (scale 1). Models whose
+        released code did decay per block (``released_block_layers``, the ViT) keep 1..n for blocks.
+        """
+        last = self.num_lr_layers() - 1
+        blocks = self.block_names()
+        if mode == "released":
+            if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+                return 0
+            if not self.released_block_layers:
+                return last
+        elif mode == "per_block":
+            if name.startswith(("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed")):
+                return 0
+        else:
+            raise ValueError(f"layer decay mode: expected 'released' or 'per_block', got {mode!r}")
+        for i, prefix in enumerate(blocks):
             if name.startswith(prefix + "."):
                 return i + 1
-        return self.num_lr_layers() - 1
+        return last
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """Write ``model.safetensors`` + ``config.json`` (the Hugging Face hub layout), each atomically.
@@ -177,8 +202,8 @@ class WrapsBackbone:
     def num_lr_layers(self) -> int:
         return getattr(self, self.backbone_attr).num_lr_layers()
 
-    def lr_layer_id(self, name: str) -> int:
+    def lr_layer_id(self, name: str, mode: str = "per_block") -> int:
         prefix = self.backbone_attr + "."
         if name.startswith(prefix):
-            return getattr(self, self.backbone_attr).lr_layer_id(name[len(prefix):])
+            return getattr(self, self.backbone_attr).lr_layer_id(name[len(prefix):], mode)
         return self.num_lr_layers() - 1

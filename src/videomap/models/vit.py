@@ -12,6 +12,8 @@ from .base import VideoBackbone
 class VisionTransformer(VideoBackbone):
     """Every token attends to every other token of the clip (cost quadratic in T*h*w)."""
 
+    released_block_layers = True  # the released layer-decay code still decays ``blocks.N`` per block
+
     def __init__(self, depth: int = 12, embed_dim: int = 768, num_heads: int = 12, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, **kwargs) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)

@@ -1,8 +1,22 @@
 """Mask generators for masked pre-training.
 
 All return a bool tensor (B, T*h*w), True = hidden, over patch tokens only (the cls token is
-never part of the mask, so it is always visible). Per-frame generators hide exactly
-``floor(h*w*ratio)`` patches in every frame; row generators hide ``floor(h*ratio)`` whole rows.
+never part of the mask, so it is always visible). Every sample hides the same number of tokens
+(the encoder drops hidden tokens and needs equal counts per sample); only some kinds also fix the
+count per frame. The kinds follow VideoMamba's released generators
+(``videomamba/video_sm/datasets/masking_generator.py``):
+
+- ``attention``: ``floor(h*w*r)`` patches per frame, drawn from the teacher's attention (UMT;
+  VideoMAP masks per frame).
+- ``random``: ``floor(T*h*w*r)`` patches anywhere in the clip (``RandomMaskingGenerator``).
+- ``random_frame``: ``floor(h*w*r)`` random patches in every frame, drawn per frame.
+- ``tube``: the same ``floor(h*w*r)`` positions in every frame (``TubeMaskingGenerator``).
+- ``frame_row``: ``floor(h*r)`` whole rows per frame, drawn per frame (``TubeRowMaskingGenerator``,
+  despite its name).
+- ``clip_row``: ``T*floor(h*r)`` whole rows drawn among all T*h rows of the clip, so frames hide
+  different numbers of rows (``RandomRowMaskingGenerator``).
+- ``shared_row``: the same ``floor(h*r)`` rows in every frame.
+- ``none``: nothing hidden.
 """
 
 from __future__ import annotations
@@ -12,7 +26,7 @@ from typing import Literal, get_args
 
 import torch
 
-MaskType = Literal["attention", "random", "tube", "frame_row", "clip_row", "none"]
+MaskType = Literal["attention", "random", "random_frame", "tube", "frame_row", "clip_row", "shared_row", "none"]
 MASK_TYPES = get_args(MaskType)
 
 
@@ -38,6 +52,13 @@ def attention_mask(attn: torch.Tensor, ratio: float, generator: torch.Generator 
 
 
 def random_mask(b: int, t: int, n: int, ratio: float, generator=None, device=None) -> torch.Tensor:
+    """``floor(t*n*ratio)`` patches hidden anywhere in the clip (VideoMamba's ``random``)."""
+    scores = torch.rand(b, t * n, generator=generator)
+    return _from_scores(scores, math.floor(t * n * ratio)).to(device)
+
+
+def random_frame_mask(b: int, t: int, n: int, ratio: float, generator=None, device=None) -> torch.Tensor:
+    """``floor(n*ratio)`` random patches hidden in every frame, drawn per frame."""
     scores = torch.rand(b, t, n, generator=generator)
     return _from_scores(scores, math.floor(n * ratio)).reshape(b, t * n).to(device)
 
@@ -48,12 +69,21 @@ def tube_mask(b: int, t: int, n: int, ratio: float, generator=None, device=None)
     return _from_scores(scores, math.floor(n * ratio)).reshape(b, t * n).to(device)
 
 
-def row_mask(b: int, t: int, hw: tuple[int, int], ratio: float, per_frame: bool, generator=None,
+def row_mask(b: int, t: int, hw: tuple[int, int], ratio: float, how: str, generator=None,
              device=None) -> torch.Tensor:
-    """Hide whole rows of patches, chosen per frame (``frame_row``) or once per clip (``clip_row``)."""
+    """Hide whole rows of patches: ``floor(h*ratio)`` per frame drawn per frame (``frame_row``),
+    ``t*floor(h*ratio)`` drawn among all t*h rows of the clip (``clip_row``), or ``floor(h*ratio)``
+    drawn once and shared by every frame (``shared_row``)."""
     h, w = hw
-    scores = torch.rand(b, t if per_frame else 1, h, generator=generator).expand(b, t, h)
-    rows = _from_scores(scores, math.floor(h * ratio))
+    per_frame = math.floor(h * ratio)
+    if how == "clip_row":
+        rows = _from_scores(torch.rand(b, t * h, generator=generator), t * per_frame).reshape(b, t, h)
+    elif how == "frame_row":
+        rows = _from_scores(torch.rand(b, t, h, generator=generator), per_frame)
+    elif how == "shared_row":
+        rows = _from_scores(torch.rand(b, 1, h, generator=generator), per_frame).expand(b, t, h)
+    else:
+        raise ValueError(f"row mask: expected 'frame_row', 'clip_row' or 'shared_row', got {how!r}")
     return rows[..., None].expand(b, t, h, w).reshape(b, t * h * w).to(device)
 
 
@@ -84,6 +114,8 @@ class MaskGenerator:
             return attention_mask(attn, self.ratio, g).to(device)
         if self.kind == "random":
             return random_mask(b, t, n, self.ratio, g, device)
+        if self.kind == "random_frame":
+            return random_frame_mask(b, t, n, self.ratio, g, device)
         if self.kind == "tube":
             return tube_mask(b, t, n, self.ratio, g, device)
-        return row_mask(b, t, (h, w), self.ratio, per_frame=self.kind == "frame_row", generator=g, device=device)
+        return row_mask(b, t, (h, w), self.ratio, self.kind, generator=g, device=device)

@@ -11,8 +11,17 @@ from torch import nn
 from ..io import save_safetensors
 from ..models.base import VideoBackbone, WrapsBackbone
 from .masking import MaskGenerator
-from .objectives import OBJECTIVES, AlignHead, ARDecoder, alignment_loss, next_frame_loss
-from .teachers import Teacher, as_teacher
+from .objectives import (
+    DEFAULT_LOSS_ON,
+    LOSS_ON,
+    OBJECTIVES,
+    AlignHead,
+    ARDecoder,
+    alignment_loss,
+    cls_loss,
+    next_frame_loss,
+)
+from .teachers import Teacher, as_teacher, clip_level_cls
 
 
 def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -26,20 +35,31 @@ def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
 
 class MaskedPretrainer(WrapsBackbone, nn.Module):
     """Encoder + objective head (``decoder``); the teacher is held outside the module tree so it is neither
-    trained, wrapped by DDP, nor written into checkpoints."""
+    trained, wrapped by DDP, nor written into checkpoints.
+
+    For the ``frame``/``token`` objectives the loss is the next-frame MSE (scored where ``loss_on``
+    says) plus ``cls_weight`` times the MSE of the decoder's cls output against the teacher's
+    clip-level cls (0 disables it). The ``video`` objective aligns the cls as one more token.
+    """
 
     def __init__(self, encoder: VideoBackbone, teacher: Teacher | nn.Module, objective: str = "frame",
                  mask_type: str = "attention", mask_ratio: float = 0.5, decoder_dim: int | None = None,
-                 decoder_depth: int = 3, loss_on: str = "all", target_norm: str = "none") -> None:
+                 decoder_depth: int = 3, loss_on: str = DEFAULT_LOSS_ON, target_norm: str = "none",
+                 cls_weight: float = 1.0) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on: expected one of {LOSS_ON}, got {loss_on!r}")
+        if cls_weight < 0:
+            raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
         self.encoder = encoder
         self._teacher = [as_teacher(teacher)]
         self.objective = objective
         self.masker = MaskGenerator(mask_type, mask_ratio)
         self.loss_on = loss_on
         self.target_norm = target_norm
+        self.cls_weight = float(cls_weight)
         c = self.teacher.feature_dim
         if not c:
             raise ValueError("teacher.feature_dim is unknown; set it on the teacher module")
@@ -63,12 +83,17 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
         attn = _align_teacher_time(tout.attn, grid[0])
         mask = self.masker(video.shape[0], grid, attn=attn, device=video.device)
         tokens = self.encoder.forward_features(video, mask=mask)
+        stats = {"mask_ratio": mask.float().mean().item()}
         if self.objective == "video":
-            loss = alignment_loss(self.decoder(tokens, mask), patch, tout.cls, mask)
+            loss = alignment_loss(self.decoder(tokens, mask), patch, clip_level_cls(tout), mask)
         else:
             pred = self.decoder(tokens, mask, grid)
             loss = next_frame_loss(pred, patch, mask, grid, self.loss_on, self.target_norm)
-        return loss, {"mask_ratio": mask.float().mean().item()}
+            if self.cls_weight > 0:
+                c = cls_loss(pred, clip_level_cls(tout), self.target_norm)
+                stats.update(loss_patch=loss.item(), loss_cls=c.item())
+                loss = loss + self.cls_weight * c
+        return loss, stats
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}

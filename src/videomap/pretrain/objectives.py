@@ -5,9 +5,15 @@ Design choices (see docs/pretraining.md):
 - ``frame``/``token``: the prediction at frame t regresses the teacher features of frame t+1 at
   the same spatial position; the last frame has no target and is left out. Both use the same
   targets so that the ablation only changes the attention mask.
-- Loss on all tokens by default (``loss_on="all"``): under the causal mask frame t+1 is unseen
-  whether or not its tokens were masked at the input; ``loss_on="masked"`` restricts the loss to
-  positions whose input token was hidden.
+- What the causal mask does and does not hide: it stops the *decoder* at frame t from reading
+  frames > t, but the encoder before it is bidirectional, so the visible tokens of frame t+1 have
+  already been mixed into the encoder features of frame t. A target whose own token was visible
+  to the encoder is therefore partly seen. ``loss_on`` picks which (t+1, p) targets are scored:
+  ``all`` (default for now), ``target_hidden`` (only targets hidden from the encoder, as MAP
+  scores masked tokens only) or ``masked`` (only predictions whose own input token (t, p) was
+  hidden, the MAE reading of "masked positions").
+- The decoder's cls output regresses the teacher's clip-level cls (``cls_weight``), so the
+  encoder's cls -- later the classifier's input -- gets a pre-training signal.
 - Target normalisation: ``none`` (CLIP features are already L2-normalised by the teacher),
   ``layernorm`` (per-token, MAE norm-pix style) or ``l2``.
 """
@@ -23,9 +29,12 @@ from torch import nn
 from ..layers import Mlp, TransformerBlock, resize_spatial_pos_embed, resize_temporal_pos_embed, sinusoid_table
 
 Objective = Literal["frame", "token", "video"]
-LossOn = Literal["all", "masked"]
+LossOn = Literal["all", "target_hidden", "masked"]
 TargetNorm = Literal["none", "layernorm", "l2"]
 OBJECTIVES = get_args(Objective)
+LOSS_ON = get_args(LossOn)
+# The default of ``pretrain.loss_on`` (the paper configs set it once, in configs/pretrain/_k400_base.yaml).
+DEFAULT_LOSS_ON: LossOn = "all"
 
 
 def block_causal_mask(num_groups: int, group_size: int, device=None) -> torch.Tensor:
@@ -55,7 +64,8 @@ def scatter_visible(visible: torch.Tensor, mask: torch.Tensor, fill: torch.Tenso
 class ARDecoder(nn.Module):
     """VideoMAP decoder: Linear to ``dim``, learned mask token at hidden positions, learned decoder
     position embeddings, cls removed, ``depth`` Transformer blocks under a causal mask, cls put back,
-    LayerNorm, MLP to the teacher width."""
+    LayerNorm, MLP to the teacher width ("add the cls token back after the Transformer layers and
+    use an MLP for mapping"). Output 0 is the cls prediction (see :func:`cls_loss`)."""
 
     def __init__(self, enc_dim: int, target_dim: int, grid: tuple[int, int, int], dim: int | None = None,
                  depth: int = 3, mlp_ratio: float = 4.0, granularity: str = "frame", head_dim: int = 64) -> None:
@@ -109,10 +119,13 @@ class ARDecoder(nn.Module):
 
 
 def next_frame_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int, int],
-                    loss_on: str = "all", target_norm: str = "none") -> torch.Tensor:
+                    loss_on: str = DEFAULT_LOSS_ON, target_norm: str = "none") -> torch.Tensor:
     """MSE between predictions at frames 0..T-2 and the teacher features of frames 1..T-1.
 
     pred: (B, 1 + T*hw, C) decoder output; target: (B, T, hw, C); mask: (B, T*hw) True = hidden.
+    ``loss_on``: ``all`` scores every (t+1, p) target; ``target_hidden`` only targets whose token
+    (t+1, p) was hidden from the encoder; ``masked`` only predictions whose own input token (t, p)
+    was hidden. Samples without a scored position contribute nothing.
     """
     t, h, w = grid
     if t < 2:
@@ -120,13 +133,22 @@ def next_frame_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     b = pred.shape[0]
     p = pred[:, 1:].reshape(b, t, h * w, -1)[:, :-1].float()
     y = normalize_target(target[:, 1:].float(), target_norm)
-    err = (p - y).pow(2).mean(-1)  # (B, T-1, hw)
+    err = (p - y).pow(2).mean(-1)  # (B, T-1, hw): prediction at (t, p) vs target at (t+1, p)
     if loss_on == "all":
         return err.mean()
-    if loss_on == "masked":
-        m = mask.reshape(b, t, h * w)[:, :-1].float()
-        return (err * m).sum() / m.sum().clamp_min(1.0)
-    raise ValueError(f"loss_on: expected 'all' or 'masked', got {loss_on!r}")
+    hidden = mask.reshape(b, t, h * w)
+    if loss_on == "target_hidden":
+        m = hidden[:, 1:].float()
+    elif loss_on == "masked":
+        m = hidden[:, :-1].float()
+    else:
+        raise ValueError(f"loss_on: expected one of {LOSS_ON}, got {loss_on!r}")
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def cls_loss(pred: torch.Tensor, clip_cls: torch.Tensor, target_norm: str = "none") -> torch.Tensor:
+    """MSE between the decoder's cls output ``pred[:, 0]`` and the teacher's clip-level cls (B, C)."""
+    return (pred[:, 0].float() - normalize_target(clip_cls.float(), target_norm)).pow(2).mean()
 
 
 class AlignHead(nn.Module):
@@ -150,11 +172,11 @@ class AlignHead(nn.Module):
         return F.normalize(self.norm(self.proj(enc_tokens + pos.to(enc_tokens.dtype))), dim=-1)
 
 
-def alignment_loss(student: torch.Tensor, teacher_patch: torch.Tensor, teacher_cls: torch.Tensor,
+def alignment_loss(student: torch.Tensor, teacher_patch: torch.Tensor, teacher_clip_cls: torch.Tensor,
                    mask: torch.Tensor) -> torch.Tensor:
-    """mean(2 - 2 cos) over visible tokens and the cls token (vs the frame-averaged teacher cls)."""
+    """mean(2 - 2 cos) over visible tokens and the cls token (vs the teacher's clip-level cls, B x C)."""
     b = mask.shape[0]
     tgt = teacher_patch.reshape(b, mask.shape[1], -1)[~mask].reshape(b, -1, teacher_patch.shape[-1])
-    tgt = torch.cat([teacher_cls.float().mean(1, keepdim=True), tgt.float()], dim=1)
+    tgt = torch.cat([teacher_clip_cls.float()[:, None], tgt.float()], dim=1)
     cos = (student.float() * F.normalize(tgt, dim=-1)).sum(-1)
     return (2 - 2 * cos).mean()

@@ -6,7 +6,9 @@ returns a :class:`TeacherOutput` with
 - ``patch``: (B, T, h*w, C) per-frame patch features on the student's token grid,
 - ``cls``:   (B, T, C) per-frame global features,
 - ``attn``:  (B, T, h*w) per-frame cls->patch attention (non-negative, sums to 1 per frame) or
-  ``None`` when the teacher has no notion of saliency.
+  ``None`` when the teacher has no notion of saliency,
+- ``clip_cls``: (B, C) the clip-level global target, or ``None``: then it is the frame average of
+  ``cls`` (see :func:`clip_level_cls`).
 
 Any ``nn.Module`` returning that (or a tuple in that order) can be used through :func:`as_teacher`.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,13 @@ class TeacherOutput:
     patch: torch.Tensor
     cls: torch.Tensor
     attn: torch.Tensor | None = None
+    clip_cls: torch.Tensor | None = None
+
+
+def clip_level_cls(out: TeacherOutput) -> torch.Tensor:
+    """The teacher's clip-level global target (B, C): ``clip_cls`` when the teacher gives one, else
+    its per-frame ``cls`` averaged over frames."""
+    return out.clip_cls if out.clip_cls is not None else out.cls.float().mean(1)
 
 
 class Teacher(nn.Module):
@@ -70,6 +79,8 @@ class PixelTeacher(Teacher):
 
     ``attn`` is a saliency proxy, not attention: the per-patch pixel standard deviation
     normalised to sum to 1, so attention masking keeps textured patches visible more often.
+    Pixels have no global token: ``cls`` is the mean of a frame's patch targets and ``clip_cls``
+    the mean of all patch targets of the clip.
     """
 
     def __init__(self, patch_size: int = 16, normalize: bool = True, eps: float = 1e-6) -> None:
@@ -92,14 +103,31 @@ class PixelTeacher(Teacher):
             patches = (patches - mean) / (patches.var(-1, keepdim=True, unbiased=False) + self.eps).sqrt()
         patch = patches.reshape(b, t, -1, patches.shape[-1])
         sal = std.reshape(b, t, -1) + self.eps
-        return TeacherOutput(patch=patch, cls=patch.mean(2), attn=sal / sal.sum(-1, keepdim=True))
+        return TeacherOutput(patch=patch, cls=patch.mean(2), attn=sal / sal.sum(-1, keepdim=True),
+                             clip_cls=patch.mean((1, 2)))
+
+
+# Which CLIP tokens become targets: "videomamba" = VideoMamba's released pre-training teacher
+# (``clip_return_cls``: last-layer tokens without ``ln_post``, per-frame cls averaged over frames before
+# the projection); "postnorm" = ``post_layernorm`` applied to every token, then projected.
+ClipTarget = Literal["videomamba", "postnorm"]
+CLIP_TARGETS = get_args(ClipTarget)
 
 
 class CLIPTeacher(Teacher):
     """CLIP vision tower through ``transformers``, applied frame by frame.
 
-    Features (UMT/VideoMamba recipe): the last layer's tokens after ``post_layernorm``, projected
-    by ``visual_projection`` (512-d for ViT-B/16) and L2-normalised; cls = the projected cls token.
+    Features, by ``target`` (all projected by ``visual_projection``, 512-d for ViT-B/16, and
+    L2-normalised when ``normalize``):
+
+    - ``"videomamba"`` (default): VideoMamba's released masked pre-training teacher
+      (``videomamba/video_sm/models/clip.py`` with ``clip_return_cls``): the last layer's tokens
+      *without* ``post_layernorm``; the clip-level cls (``clip_cls``) is the raw per-frame cls
+      averaged over frames, *then* projected and normalised. Per-frame ``cls`` is the projected raw
+      cls of each frame.
+    - ``"postnorm"``: ``post_layernorm`` on every token (HF applies it to the pooled token only), then
+      projected; ``clip_cls`` is left to the frame average of the normalised per-frame cls.
+
     Attention: the last layer's cls->patch softmax attention, averaged over heads, computed from
     that layer's own q/k projections so any attention backend works. Frames are converted from
     the student's normalisation (ImageNet mean/std by default) to CLIP's, and position embeddings
@@ -108,8 +136,10 @@ class CLIPTeacher(Teacher):
     """
 
     def __init__(self, model: str | nn.Module, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
-                 normalize: bool = True, local_files_only: bool = False) -> None:
+                 normalize: bool = True, local_files_only: bool = False, target: ClipTarget = "videomamba") -> None:
         super().__init__()
+        if target not in CLIP_TARGETS:
+            raise ValueError(f"clip target: expected one of {CLIP_TARGETS}, got {target!r}")
         if isinstance(model, str):
             from transformers import CLIPVisionModelWithProjection
 
@@ -125,11 +155,18 @@ class CLIPTeacher(Teacher):
         self.patch_size = cfg.patch_size
         self.feature_dim = self.proj.out_features if self.proj is not None else cfg.hidden_size
         self.normalize = normalize
+        self.target = target
         scale = torch.tensor(input_std) / torch.tensor(CLIP_STD)
         shift = (torch.tensor(input_mean) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
         self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
         self.freeze()
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Width-``hidden`` tokens -> target features (projection, then L2 when ``normalize``)."""
+        if self.proj is not None:
+            x = self.proj(x)
+        return F.normalize(x, dim=-1) if self.normalize else x
 
     def _last_layer_cls_attention(self, hidden_in: torch.Tensor) -> torch.Tensor:
         layer = self.vision.encoder.layers[-1]
@@ -147,18 +184,20 @@ class CLIPTeacher(Teacher):
         x = frames.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float()
         x = x * self.in_scale + self.in_shift
         out = self.vision(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
-        tokens = self.vision.post_layernorm(out.last_hidden_state)
-        if self.proj is not None:
-            tokens = self.proj(tokens)
-        if self.normalize:
-            tokens = F.normalize(tokens, dim=-1)
+        hidden = out.last_hidden_state  # the last layer's tokens, before post_layernorm
+        clip_cls = None
+        if self.target == "postnorm":
+            hidden = self.vision.post_layernorm(hidden)
+        else:
+            clip_cls = self._features(hidden[:, 0].reshape(b, t, -1).mean(1))
+        tokens = self._features(hidden)
         attn = self._last_layer_cls_attention(out.hidden_states[-2])
         src = (h // self.patch_size, w // self.patch_size)
         patch = _resample_grid(tokens[:, 1:], src, grid)
         attn = _resample_grid(attn[..., None], src, grid)[..., 0].clamp_min(0)
         attn = attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)
         return TeacherOutput(patch=patch.reshape(b, t, -1, patch.shape[-1]),
-                             cls=tokens[:, 0].reshape(b, t, -1), attn=attn.reshape(b, t, -1))
+                             cls=tokens[:, 0].reshape(b, t, -1), attn=attn.reshape(b, t, -1), clip_cls=clip_cls)
 
 
 class ModuleTeacher(Teacher):
@@ -173,8 +212,8 @@ class ModuleTeacher(Teacher):
     def compute(self, frames: torch.Tensor, grid: tuple[int, int]) -> TeacherOutput:
         out = self.module(frames)
         if not isinstance(out, TeacherOutput):
-            if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
-                raise ValueError("teacher module must return TeacherOutput or a tuple (patch, cls[, attn])")
+            if not isinstance(out, (tuple, list)) or len(out) not in (2, 3, 4):
+                raise ValueError("teacher module must return TeacherOutput or a tuple (patch, cls[, attn[, clip_cls]])")
             out = TeacherOutput(*out)
         b, _, t = frames.shape[:3]
         if out.patch.ndim != 4 or out.patch.shape[:3] != (b, t, grid[0] * grid[1]):
@@ -226,14 +265,15 @@ TeacherKind = Literal["clip", "pixel"]
 
 
 def build_teacher(kind: TeacherKind, clip_model: str | None = None, patch_size: int = 16, cache: int = 0,
-                  local_files_only: bool = False) -> Teacher:
-    """``kind``: "pixel" (offline, no weights) or "clip" (``clip_model``: local dir or hub id)."""
+                  local_files_only: bool = False, clip_target: ClipTarget = "videomamba") -> Teacher:
+    """``kind``: "pixel" (offline, no weights) or "clip" (``clip_model``: local dir or hub id;
+    ``clip_target``: which tokens, see :class:`CLIPTeacher`)."""
     if kind == "pixel":
         teacher: Teacher = PixelTeacher(patch_size)
     elif kind == "clip":
         if not clip_model:
             raise ValueError("teacher=clip needs clip_model: a local directory or a hub id")
-        teacher = CLIPTeacher(clip_model, local_files_only=local_files_only)
+        teacher = CLIPTeacher(clip_model, local_files_only=local_files_only, target=clip_target)
     else:
         raise ValueError(f"teacher: expected 'pixel' or 'clip', got {kind!r}")
     return CachedTeacher(teacher, cache) if cache else teacher

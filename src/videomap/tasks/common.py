@@ -161,11 +161,6 @@ def build_model_from_checkpoint(cfg: JobConfig, checkpoint: str | os.PathLike, n
     return model
 
 
-def train_config(cfg: JobConfig):
-    """The engine config with the learning rate resolved from ``blr`` when given."""
-    return dataclasses.replace(cfg.train, lr=cfg.resolved_lr())
-
-
 def output_path(cfg: JobConfig, name: str) -> str:
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     return os.path.join(cfg.train.output_dir, name)

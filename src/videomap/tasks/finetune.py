@@ -14,7 +14,6 @@ from .common import (
     build_model_from_checkpoint,
     output_path,
     resolve_checkpoint_model,
-    train_config,
 )
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ def run_finetune(cfg: JobConfig) -> dict:
     num_out = head_outputs(f.head, train_set.num_classes)
     model = build_distiller(build_model(cfg, num_classes=num_out), f.distill_model, f.distill_checkpoint,
                             num_frames=cfg.model.num_frames, img_size=cfg.model.img_size, loss=f.distill_loss,
-                            teacher_overrides=f.distill_overrides)
+                            teacher_overrides=f.distill_overrides, target=f.distill_target)
     evaluate_fn = None
     if cfg.data.val_list:
         val_set = build_dataset(cfg, "val", mode="test")
@@ -40,7 +39,7 @@ def run_finetune(cfg: JobConfig) -> dict:
     loss_fn = make_loss(student_of(model).num_classes, head=f.head, mixup=f.mixup, cutmix=f.cutmix,
                         mixup_switch_prob=f.mixup_switch_prob, label_smoothing=f.label_smoothing,
                         distill_weight=f.distill_weight)
-    trainer = Trainer(model, loss_fn, train_set, train_config(cfg), evaluate_fn=evaluate_fn)
+    trainer = Trainer(model, loss_fn, train_set, cfg.resolved_train(), evaluate_fn=evaluate_fn)
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
     result = trainer.fit(resume=cfg.train.resume)

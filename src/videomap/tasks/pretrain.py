@@ -7,7 +7,7 @@ import logging
 from ..config import JobConfig, dump_config
 from ..engine import Trainer, is_main_process
 from ..pretrain import MaskedPretrainer, build_teacher
-from .common import build_dataset, build_model, output_path, train_config
+from .common import build_dataset, build_model, output_path
 
 log = logging.getLogger(__name__)
 
@@ -16,17 +16,17 @@ def build_pretrainer(cfg: JobConfig) -> MaskedPretrainer:
     p = cfg.pretrain
     encoder = build_model(cfg, num_classes=0)
     teacher = build_teacher(p.teacher, p.clip_model, patch_size=encoder.patch_size, cache=p.teacher_cache,
-                            local_files_only=p.local_files_only)
+                            local_files_only=p.local_files_only, clip_target=p.clip_target)
     return MaskedPretrainer(encoder, teacher, objective=p.objective, mask_type=p.mask_type, mask_ratio=p.mask_ratio,
                             decoder_dim=p.decoder_dim, decoder_depth=p.decoder_depth, loss_on=p.loss_on,
-                            target_norm=p.target_norm)
+                            target_norm=p.target_norm, cls_weight=p.cls_weight)
 
 
 def run_pretrain(cfg: JobConfig) -> dict:
     """Pre-train and write ``encoder.safetensors`` (encoder only) into the output directory."""
     dataset = build_dataset(cfg, "train")
     model = build_pretrainer(cfg)
-    trainer = Trainer(model, lambda m, batch: m(batch[0]), dataset, train_config(cfg))
+    trainer = Trainer(model, lambda m, batch: m(batch[0]), dataset, cfg.resolved_train())
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
     result = trainer.fit(resume=cfg.train.resume)
