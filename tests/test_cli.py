@@ -74,8 +74,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     with open(tmp_path / "demo" / "results.json") as f:
         res = json.load(f)
-    for run in ("finetune_pretrained", "finetune_scratch"):
-        assert res["results"][run]["count"] == 12  # every validation video evaluated once
-        assert 0 <= res["results"][run]["top1"] <= 100
+    for run in ("pretrained", "scratch", "single_frame"):
+        assert res[run]["count"] == 12  # every validation video evaluated once
+        assert 0 <= res[run]["top1"] <= 100
+    assert res["chance"] == 100 / 6 and res["num_val"] == 12 and res["total_s"] > 0
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "predictions.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "finetune_pretrained" / "final" / "model.safetensors").exists()

@@ -170,3 +170,14 @@ def test_drop_path_is_identity_in_eval():
     m = tiny("videomap_tiny", drop_path_rate=0.5).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     assert torch.equal(m(x), m(x))
+
+
+def test_global_pool_avg_classifies_the_mean_patch_token():
+    torch.manual_seed(0)
+    m = tiny("videomap_tiny", global_pool="avg").eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    feats = m.forward_features(x)
+    assert torch.allclose(m(x), m.head(feats[:, 1:].mean(1)), atol=1e-6)
+    assert torch.allclose(m.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="global_pool"):
+        tiny("videomap_tiny", global_pool="max")

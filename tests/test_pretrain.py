@@ -412,3 +412,22 @@ def test_saved_encoder_loads_with_only_head_missing(tmp_path):
     assert torch.equal(clf2.pos_embed, pt.encoder.pos_embed)
     assert "decoder" not in str(list(pt.encoder_state_dict())) and not any(
         k.startswith("head.") for k in pt.encoder_state_dict())
+
+
+def test_pixel_motion_teacher_targets_the_change_between_frames():
+    """Static content gives zero targets; a moving square gives non-zero targets only where it moves,
+    and the targets are exactly frame t minus frame t-1 (frame 0: zero)."""
+    from videomap.pretrain import PixelTeacher
+
+    video = torch.zeros(1, 3, 4, 32, 32)
+    video[:, :, :, :, 16:] = 0.7  # static right half
+    for t in range(4):
+        video[:, :, t, 2:6, 2 + t:6 + t] = 2.0  # a square moving right in the top-left patch
+    out = PixelTeacher(16, target="motion")(video, (2, 2))
+    frames = PixelTeacher(16, normalize=False)(video, (2, 2)).patch
+    assert torch.equal(out.patch[:, 0], torch.zeros_like(out.patch[:, 0]))
+    assert torch.allclose(out.patch[:, 1:], frames[:, 1:] - frames[:, :-1])
+    moving = out.patch.abs().sum(-1)[0, 1:]  # (T-1, 4 patches)
+    assert (moving[:, 0] > 0).all() and (moving[:, 1:] == 0).all()
+    with pytest.raises(ValueError, match="expected 'frames' or 'motion'"):
+        PixelTeacher(16, target="flow")

@@ -13,11 +13,14 @@ dropped, so the blocks see the visible tokens only, in their original order.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..layers import PatchEmbed3D, resize_spatial_pos_embed, resize_temporal_pos_embed
+
+GlobalPool = Literal["token", "avg"]
 
 
 class VideoBackbone(nn.Module):
@@ -28,8 +31,11 @@ class VideoBackbone(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, tubelet_size: int = 1,
                  in_chans: int = 3, num_frames: int = 8, embed_dim: int = 192,
-                 num_classes: int = 400, drop_rate: float = 0.0) -> None:
+                 num_classes: int = 400, drop_rate: float = 0.0, global_pool: GlobalPool = "token") -> None:
         super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool: expected 'token' or 'avg', got {global_pool!r}")
+        self.global_pool = global_pool
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         if num_frames % tubelet_size:
@@ -109,7 +115,10 @@ class VideoBackbone(nn.Module):
         return self.forward_blocks(self.embed(video, mask))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(features[:, 0])
+        """Classifier on the cls token (``global_pool="token"``, VideoMamba) or on the mean of the
+        patch tokens (``"avg"``, VideoMAE / UMT fine-tuning)."""
+        pooled = features[:, 1:].mean(1) if self.global_pool == "avg" else features[:, 0]
+        x = self.head_drop(pooled)
         return x if pre_logits else self.head(x)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -73,21 +73,28 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
     def teacher(self) -> Teacher:
         return self._teacher[0]
 
-    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def predict(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One masked pass: ``mask`` (B, N, True = hidden), the teacher's ``target`` (B, T', hw, C) at
+        the token grid, ``pred`` (the decoder output) and the teacher output ``teacher``."""
         grid = self.encoder.check_input(video)
         teacher = self.teacher
         if next(iter(teacher.buffers()), video).device != video.device:
             teacher.to(video.device)
         tout = teacher(video, grid[1:])
-        patch = _align_teacher_time(tout.patch, grid[0])
         attn = _align_teacher_time(tout.attn, grid[0])
         mask = self.masker(video.shape[0], grid, attn=attn, device=video.device)
         tokens = self.encoder.forward_features(video, mask=mask)
+        pred = self.decoder(tokens, mask) if self.objective == "video" else self.decoder(tokens, mask, grid)
+        return {"mask": mask, "target": _align_teacher_time(tout.patch, grid[0]), "pred": pred, "teacher": tout}
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.predict(video)
+        mask, patch, pred, tout = out["mask"], out["target"], out["pred"], out["teacher"]
+        grid = self.encoder.check_input(video)
         stats = {"mask_ratio": mask.float().mean().item()}
         if self.objective == "video":
-            loss = alignment_loss(self.decoder(tokens, mask), patch, clip_level_cls(tout), mask)
+            loss = alignment_loss(pred, patch, clip_level_cls(tout), mask)
         else:
-            pred = self.decoder(tokens, mask, grid)
             loss = next_frame_loss(pred, patch, mask, grid, self.loss_on, self.target_norm)
             if self.cls_weight > 0:
                 c = cls_loss(pred, clip_level_cls(tout), self.target_norm)

@@ -75,7 +75,13 @@ def _resample_grid(x: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) 
 
 
 class PixelTeacher(Teacher):
-    """Teacher-free target: per-patch normalised pixels of each frame (MAE ``norm_pix`` style).
+    """Teacher-free targets from the pixels themselves, for offline runs (no CLIP weights).
+
+    ``target="frames"``: per-patch normalised pixels of each frame (MAE ``norm_pix`` style).
+    ``target="motion"``: each patch's pixel change since the previous frame (zero for frame 0), so
+    the next-frame objective regresses how frame t+1 *differs* from frame t. On static
+    backgrounds a frame target is mostly "copy the background", which teaches nothing about what
+    moves; the change is non-zero only where something moves, so predicting it needs the velocity.
 
     ``attn`` is a saliency proxy, not attention: the per-patch pixel standard deviation
     normalised to sum to 1, so attention masking keeps textured patches visible more often.
@@ -83,11 +89,15 @@ class PixelTeacher(Teacher):
     the mean of all patch targets of the clip.
     """
 
-    def __init__(self, patch_size: int = 16, normalize: bool = True, eps: float = 1e-6) -> None:
+    def __init__(self, patch_size: int = 16, normalize: bool = True, eps: float = 1e-6,
+                 target: Literal["frames", "motion"] = "frames") -> None:
         super().__init__()
+        if target not in ("frames", "motion"):
+            raise ValueError(f"pixel target: expected 'frames' or 'motion', got {target!r}")
         self.patch_size = patch_size
         self.normalize = normalize
         self.eps = eps
+        self.target = target
         self.feature_dim = 3 * patch_size * patch_size
 
     def compute(self, frames: torch.Tensor, grid: tuple[int, int]) -> TeacherOutput:
@@ -98,10 +108,14 @@ class PixelTeacher(Teacher):
             x = F.interpolate(x, size=(grid[0] * p, grid[1] * p), mode="bilinear", align_corners=False)
         patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (BT, hw, c*p*p)
         std = patches.std(-1, unbiased=False)
-        if self.normalize:
-            mean = patches.mean(-1, keepdim=True)
-            patches = (patches - mean) / (patches.var(-1, keepdim=True, unbiased=False) + self.eps).sqrt()
-        patch = patches.reshape(b, t, -1, patches.shape[-1])
+        if self.target == "motion":
+            pix = patches.reshape(b, t, -1, patches.shape[-1])
+            patch = torch.cat([torch.zeros_like(pix[:, :1]), pix[:, 1:] - pix[:, :-1]], dim=1)
+        else:
+            if self.normalize:
+                mean = patches.mean(-1, keepdim=True)
+                patches = (patches - mean) / (patches.var(-1, keepdim=True, unbiased=False) + self.eps).sqrt()
+            patch = patches.reshape(b, t, -1, patches.shape[-1])
         sal = std.reshape(b, t, -1) + self.eps
         return TeacherOutput(patch=patch, cls=patch.mean(2), attn=sal / sal.sum(-1, keepdim=True),
                              clip_cls=patch.mean((1, 2)))
@@ -261,19 +275,20 @@ class CachedTeacher(Teacher):
         return out
 
 
-TeacherKind = Literal["clip", "pixel"]
+TeacherKind = Literal["clip", "pixel", "pixel_motion"]
 
 
 def build_teacher(kind: TeacherKind, clip_model: str | None = None, patch_size: int = 16, cache: int = 0,
                   local_files_only: bool = False, clip_target: ClipTarget = "videomamba") -> Teacher:
-    """``kind``: "pixel" (offline, no weights) or "clip" (``clip_model``: local dir or hub id;
-    ``clip_target``: which tokens, see :class:`CLIPTeacher`)."""
-    if kind == "pixel":
-        teacher: Teacher = PixelTeacher(patch_size)
+    """``kind``: "pixel" / "pixel_motion" (offline, no weights: frames or frame-to-frame change, see
+    :class:`PixelTeacher`) or "clip" (``clip_model``: local dir or hub id; ``clip_target``: which
+    tokens, see :class:`CLIPTeacher`)."""
+    if kind in ("pixel", "pixel_motion"):
+        teacher: Teacher = PixelTeacher(patch_size, target="motion" if kind == "pixel_motion" else "frames")
     elif kind == "clip":
         if not clip_model:
             raise ValueError("teacher=clip needs clip_model: a local directory or a hub id")
         teacher = CLIPTeacher(clip_model, local_files_only=local_files_only, target=clip_target)
     else:
-        raise ValueError(f"teacher: expected 'pixel' or 'clip', got {kind!r}")
+        raise ValueError(f"teacher: expected one of {get_args(TeacherKind)}, got {kind!r}")
     return CachedTeacher(teacher, cache) if cache else teacher
