@@ -25,3 +25,14 @@ def synthetic_videos(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on a small shared machine: intra-op threads only add contention."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

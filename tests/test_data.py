@@ -45,13 +45,7 @@ from videomap.finetune.metrics import AccuracyAccumulator, accuracy, average_vie
 BITS = 9  # frame index encoded as 9 black/white stripes (up to 512 frames)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on small shared machines.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _striped(i: int, height: int = 16) -> np.ndarray:

@@ -147,7 +147,9 @@ def _plot_predictions(out: str, pre_cfg, encoder_path: str, val_list: str, num_c
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title, fontsize=7)
-        fig.axes[row * cols].set_ylabel(SYNTHETIC_CLASSES[int(label)], fontsize=7)
+        first = fig.axes[row * cols]
+        first.text(-0.08, 0.5, SYNTHETIC_CLASSES[int(label)], transform=first.transAxes, rotation=90,
+                   ha="right", va="center", fontsize=7)
     fig.suptitle("grey: hidden from the encoder; right: last frame's change (truth / decoder)", fontsize=8)
     fig.tight_layout()
     path = os.path.join(out, "predictions.png")
