@@ -27,6 +27,7 @@ import time
 import torch
 
 from ..config import load_config
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import SYNTHETIC_CLASSES, VideoClsDataset, make_synthetic_dataset
 from ..engine import read_metrics
 from ..io import write_json, write_text
@@ -41,7 +42,8 @@ QUICK = dict(num_unlabeled=32, num_train=24, num_val=12, clip_frames=8, frames=4
              embed_dim=32, depth=4, pre_epochs=1, ft_epochs=1, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
 
 
-def _model_overrides(p: dict, frames: int, tubelet: int) -> list[str]:
+def model_overrides(p: dict, frames: int, tubelet: int) -> list[str]:
+    """The demo's model as job-config overrides (``p``: :data:`FULL` or :data:`QUICK`)."""
     return [
         "model.name=videomap_tiny", f"model.num_frames={frames}", f"model.img_size={p['size']}",
         "model.drop_path_rate=0.0",
@@ -50,7 +52,8 @@ def _model_overrides(p: dict, frames: int, tubelet: int) -> list[str]:
     ]
 
 
-def _common(p: dict, seed: int) -> list[str]:
+def train_overrides(p: dict, seed: int) -> list[str]:
+    """The demo's data handling and optimiser settings shared by every run."""
     return [
         "data.flip=false", "data.sampling=dense", "data.frame_stride=2", "data.crop_scale=[0.7, 1.0]",
         "data.test_clips=2", "data.test_crops=1", f"train.batch_size={p['batch']}", "train.num_workers=0",
@@ -106,15 +109,14 @@ def _plot_predictions(out: str, pre_cfg, encoder_path: str, val_list: str, num_c
     torch.manual_seed(0)
     model = build_pretrainer(pre_cfg)
     load_pretrained(model.encoder, encoder_path, strict=False)
-    decoder = read_decoder(os.path.dirname(encoder_path))
+    decoder = _read_decoder(os.path.dirname(encoder_path))
     if decoder is not None:
         model.decoder.load_state_dict(decoder)
     model.eval()
     m = pre_cfg.model
     ds = VideoClsDataset(val_list, num_frames=m.num_frames, sampling="dense", frame_stride=2, mode="test",
                          input_size=m.img_size)
-    mean = torch.tensor([0.485, 0.456, 0.406])
-    std = torch.tensor([0.229, 0.224, 0.225])
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     enc = model.encoder
     t, h, w = enc.grid
     p = enc.patch_size
@@ -157,7 +159,7 @@ def _plot_predictions(out: str, pre_cfg, encoder_path: str, val_list: str, num_c
     return path
 
 
-def read_decoder(run_dir: str) -> dict | None:
+def _read_decoder(run_dir: str) -> dict | None:
     """The decoder weights of a pre-training run's newest checkpoint (the encoder file has none)."""
     from ..engine import find_latest_checkpoint
     from ..io import load_safetensors
@@ -182,8 +184,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     runs = {k: os.path.join(out, k) for k in ("pretrain", "finetune_pretrained", "finetune_scratch",
                                               "finetune_single_frame")}
     times: dict[str, float] = {}
-    video_model = _model_overrides(p, p["frames"], p["tubelet"])
-    common = _common(p, seed)
+    video_model = model_overrides(p, p["frames"], p["tubelet"])
+    common = train_overrides(p, seed)
 
     log.info("1/4 VideoMAP pre-training on %d unlabeled clips (frame-wise causal decoder, next-frame target, "
              "teacher = pixel change, 50%% attention masking)", p["num_unlabeled"])
@@ -199,7 +201,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
 
     arms = (("finetune_pretrained", video_model, pre["encoder"], "2/4 fine-tuning the pre-trained encoder"),
             ("finetune_scratch", video_model, None, "3/4 fine-tuning from scratch (same schedule)"),
-            ("finetune_single_frame", _model_overrides(p, 1, 1), None,
+            ("finetune_single_frame", model_overrides(p, 1, 1), None,
              "4/4 a single-frame model from scratch (shows the task needs time)"))
     results = {}
     for label, model, weights, what in arms:
