@@ -208,8 +208,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if origin is frozenset:
-        return frozenset(value)
     raise TypeError(f"{where}: unsupported annotation {tp!r}")  # a programming error, not a user one
 
 
