@@ -89,8 +89,8 @@ def report(res: dict, out: Path) -> None:
         cells = []
         for n in counts:
             vals = by_n[n]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}")
+            spread = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""  # one seed: no spread
+            cells.append(f"{statistics.mean(vals):.1f}{spread}")
         rows.append(f"| {objective} | " + " | ".join(cells) + " |")
     table = "\n".join(rows)
     print("\n" + table + f"\n\n{res['seeds']} seed(s), {res['seconds']:.0f} s, top-1 on "
