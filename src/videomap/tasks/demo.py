@@ -98,20 +98,19 @@ def _unpatchify(x: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _plot_predictions(out: str, pre_cfg, encoder_path: str, val_list: str, num_clips: int = 4) -> str:
+def _plot_predictions(out: str, pre_cfg, run_dir: str, val_list: str, num_clips: int = 4) -> str:
     """For a few validation clips: the input frames, the attention mask (grey = hidden from the
     encoder), and, for the last frame, the true next-frame change next to the decoder's prediction."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ..models import load_pretrained
+    from ..engine import find_latest_checkpoint
+    from ..io import load_safetensors
 
     torch.manual_seed(0)
     model = build_pretrainer(pre_cfg)
-    load_pretrained(model.encoder, encoder_path, strict=False)
-    decoder = _read_decoder(os.path.dirname(encoder_path))
-    if decoder is not None:
-        model.decoder.load_state_dict(decoder)
+    # the newest pre-training checkpoint holds the encoder and the decoder together
+    model.load_state_dict(load_safetensors(find_latest_checkpoint(run_dir) / "model.safetensors"))
     model.eval()
     m = pre_cfg.model
     ds = VideoClsDataset(val_list, num_frames=m.num_frames, sampling="dense", frame_stride=2, mode="test",
@@ -157,18 +156,6 @@ def _plot_predictions(out: str, pre_cfg, encoder_path: str, val_list: str, num_c
     path = os.path.join(out, "predictions.png")
     fig.savefig(path, dpi=110)
     return path
-
-
-def _read_decoder(run_dir: str) -> dict | None:
-    """The decoder weights of a pre-training run's newest checkpoint (the encoder file has none)."""
-    from ..engine import find_latest_checkpoint
-    from ..io import load_safetensors
-
-    ckpt = find_latest_checkpoint(run_dir)
-    if ckpt is None:
-        return None
-    state = load_safetensors(ckpt / "model.safetensors")
-    return {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
 
 
 def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
@@ -246,6 +233,6 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     }
     write_json(os.path.join(out, "results.json"), summary)
     curves = _plot_curves(out, runs)
-    predictions = _plot_predictions(out, pre_cfg, pre["encoder"], val_list)
+    predictions = _plot_predictions(out, pre_cfg, runs["pretrain"], val_list)
     log.info("results: %s  curves: %s  predictions: %s", os.path.join(out, "results.md"), curves, predictions)
     return {**summary, "plot": curves, "predictions": predictions}
