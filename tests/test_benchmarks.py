@@ -6,6 +6,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import yaml
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "sample_efficiency.py"
 
 
@@ -13,10 +16,26 @@ def test_sample_efficiency_quick(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("sample_efficiency", BENCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--quick", "--fractions", "0.25", "1.0", "--out", str(tmp_path)]) == 0
+    arms = ["frame", "token", "video", "scratch", "frame:loss_on=target_hidden,cls_weight=0",
+            "frame:attn_wiring=branch"]
+    args = ["--quick", "--fractions", "0.25", "1.0", "--ablation-fractions", "0.25", "--out", str(tmp_path)]
+    assert mod.main(args + ["--arms", *arms]) == 0
     res = json.loads((tmp_path / "sample_efficiency.json").read_text())
-    assert res["counts"] == [30, 120] and set(res["results"]) == {"frame", "token", "video", "scratch"}
-    for by_n in res["results"].values():
+    assert res["counts"] == [30, 120] and list(res["results"]) == arms
+    for arm, by_n in res["results"].items():
+        assert set(map(int, by_n)) == ({30} if ":" in arm else {30, 120})
         assert all(len(v) == 1 and 0 <= v[0] <= 100 for v in by_n.values())
     assert (tmp_path / "sample_efficiency.png").stat().st_size > 1000
     assert "| frame |" in capsys.readouterr().out
+    # the settings reached the runs they name
+    pre = yaml.safe_load((tmp_path / "pre_frame_loss_on-target_hidden_cls_weight-0_s0" / "config.yaml").read_text())
+    assert pre["pretrain"]["loss_on"] == "target_hidden" and pre["pretrain"]["cls_weight"] == 0
+    ft = yaml.safe_load((tmp_path / "ft_frame_attn_wiring-branch_n30_s0" / "config.yaml").read_text())
+    assert ft["model"]["overrides"]["attn_wiring"] == "branch"
+    # finished work is kept: a rerun with one more arm only runs that arm
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert mod.main(args + ["--arms", "frame", "scratch:attn_wiring=branch"]) == 0
+    new = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert new[:len(lines)] == lines and len(new) == len(lines) + 1
+    with pytest.raises(SystemExit, match="objective must be one of"):
+        mod.main(["--quick", "--arms", "frame-wise", "--out", str(tmp_path)])

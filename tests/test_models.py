@@ -181,3 +181,55 @@ def test_global_pool_avg_classifies_the_mean_patch_token():
     assert torch.allclose(m.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
     with pytest.raises(ValueError, match="global_pool"):
         tiny("videomap_tiny", global_pool="max")
+
+
+def _attn_inputs(m, x):
+    """What the first Transformer block receives, and the last Mamba block's mixer output before it."""
+    seen = {}
+    h1 = m.attn_layers[0].register_forward_pre_hook(lambda mod, args: seen.setdefault("attn_in", args[0]))
+    h2 = m.layers[m.attn_every - 1].mixer.register_forward_hook(
+        lambda mod, args, out: seen.setdefault("branch", out))
+    with torch.no_grad():
+        m(x)
+    h1.remove()
+    h2.remove()
+    return seen
+
+
+def test_attn_wiring_branch_applies_attention_to_the_mamba_branch_only():
+    """MAP's released hybrid: ``h = attn(h) + h`` on the mixer output; ``residual`` feeds the stream."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 32, 32)
+    res = tiny("videomap_tiny").eval()
+    torch.manual_seed(0)
+    br = tiny("videomap_tiny", attn_wiring="branch").eval()
+    assert sum(p.numel() for p in res.parameters()) == sum(p.numel() for p in br.parameters())
+    br.load_state_dict(res.state_dict())
+    seen = _attn_inputs(br, x)
+    assert torch.equal(seen["attn_in"], seen["branch"])
+    seen = _attn_inputs(res, x)
+    assert not torch.allclose(seen["attn_in"], seen["branch"])
+    assert not torch.allclose(res(x), br(x))
+    with pytest.raises(ValueError, match="attn_wiring"):
+        tiny("videomap_tiny", attn_wiring="sideways")
+
+
+def test_residual_stream_stays_fp32_into_attention_under_bf16_autocast():
+    m = tiny("videomap_tiny").eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = _attn_inputs(m, x)
+    assert seen["branch"].dtype == torch.bfloat16  # the Mamba branch does run in bf16
+    assert seen["attn_in"].dtype == torch.float32
+    # a model cast to bf16 (no autocast) runs end to end in its own dtype
+    assert m.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_out_projections_scale_with_the_number_of_mamba_layers():
+    """1/sqrt(Mamba layers) as VideoMamba and MAP (8 here), not of all 10 blocks."""
+    torch.manual_seed(0)
+    m = create_model("videomap_tiny", depth=8, embed_dim=64, num_frames=4, img_size=32)
+    assert len(m.attn_layers) == 2
+    w = m.layers[0].mixer.out_proj.weight
+    bound = 1 / (w.shape[1] ** 0.5) / (8 ** 0.5)  # kaiming_uniform(a=sqrt 5) bound / sqrt(depth)
+    assert w.abs().max() <= bound + 1e-7 and w.abs().max() > 0.9 * bound

@@ -78,7 +78,7 @@ class BiMamba(nn.Module):
             dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
             with torch.no_grad():
                 dt_proj.bias.copy_(_inverse_softplus(dt.clamp(min=dt_init_floor)))
-            dt_proj.bias._no_reinit = True  # model-level init must not wipe it
+            dt_proj.bias._no_reinit = True  # kept by a model-level init only with keep_dt_bias_init
             a_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))
             d = nn.Parameter(torch.ones(e))
             a_log._no_weight_decay = True

@@ -8,12 +8,16 @@ hybrid are ``attn_layers.K`` so the Mamba part keeps VideoMamba's indices.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from ..layers import DropPath, MambaBlock, RMSNorm, TransformerBlock, drop_path_rates
 from .base import VideoBackbone
+
+AttnWiring = Literal["residual", "branch"]
+ATTN_WIRINGS: tuple[str, ...] = get_args(AttnWiring)
 
 
 class VideoMamba(VideoBackbone):
@@ -25,17 +29,27 @@ class VideoMamba(VideoBackbone):
         attn_mlp_ratio / attn_head_dim: Transformer block shape (heads = dim / head_dim).
         merge: "sum" (VideoMamba) or "mean" of the two scan directions.
         drop_path_rate: stochastic depth, linear from 0 over all blocks in execution order.
-        keep_dt_bias_init: keep Mamba's dt-bias initialisation. VideoMamba's released code
-            re-initialises every Linear bias to zero, which also wipes it; False reproduces that.
+        attn_wiring: where a Transformer block sits. ``residual`` (default): it runs on the
+            residual stream (residual + last Mamba output) and its output restarts the stream,
+            so attention sees everything the Mamba blocks wrote. ``branch``: MAP's released
+            hybrid, ``h = attn(h) + h`` on the Mamba branch output only, the fp32 residual stream
+            never passes through attention. Same parameters either way.
+        keep_dt_bias_init: keep Mamba's dt-bias initialisation. VideoMamba's and MAP's released
+            code re-initialise every Linear bias to zero, which also wipes it (initial
+            delta = softplus(0)); the default False reproduces that.
     """
 
     def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 0,
                  attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
                  drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,
-                 keep_dt_bias_init: bool = True, **kwargs) -> None:
+                 attn_wiring: AttnWiring = "residual", keep_dt_bias_init: bool = False,
+                 **kwargs) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)
+        if attn_wiring not in ATTN_WIRINGS:
+            raise ValueError(f"attn_wiring: expected one of {ATTN_WIRINGS}, got {attn_wiring!r}")
         self.depth = depth
         self.attn_every = attn_every
+        self.attn_wiring = attn_wiring
         plan: list[tuple[str, int]] = []
         for i in range(depth):
             plan.append(("m", i))
@@ -78,13 +92,21 @@ class VideoMamba(VideoBackbone):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # GPT-2 style: scale residual-branch output projections by 1/sqrt(number of blocks)
-        n = len(self._plan)
+        # GPT-2 style: scale residual-branch output projections by 1/sqrt(number of Mamba layers),
+        # the count VideoMamba and MAP use (attention blocks do not add to it)
+        n = self.depth
         for name, p in self.named_parameters():
             if name.endswith(("out_proj.weight", "fc2.weight")):
                 nn.init.kaiming_uniform_(p, a=math.sqrt(5))
                 with torch.no_grad():
                     p /= math.sqrt(n)
+
+    def _stream_precision(self, stream: torch.Tensor) -> torch.Tensor:
+        """Under autocast the stream stays fp32, like the residual it is built from (attention's
+        Linear layers still run in bf16); a model cast to bf16 gets its own dtype."""
+        if torch.is_autocast_enabled(stream.device.type):
+            return stream.float()
+        return stream.to(self.norm_f.weight.dtype)
 
     def block_names(self) -> list[str]:
         return [f"layers.{i}" if kind == "m" else f"attn_layers.{i}" for kind, i in self._plan]
@@ -94,8 +116,10 @@ class VideoMamba(VideoBackbone):
         for kind, i in self._plan:
             if kind == "m":
                 hidden, residual = self.layers[i](hidden, residual)
+            elif self.attn_wiring == "branch":
+                hidden = self.attn_layers[i](hidden) + hidden
             else:
                 stream = hidden if residual is None else residual + self.pre_attn_drop[i](hidden)
-                hidden, residual = self.attn_layers[i](stream.to(x.dtype)), None
+                hidden, residual = self.attn_layers[i](self._stream_precision(stream)), None
         stream = hidden if residual is None else residual + self.drop_path(hidden)
         return self.norm_f(stream.to(self.norm_f.weight.dtype))

@@ -42,13 +42,15 @@ QUICK = dict(num_unlabeled=32, num_train=24, num_val=12, clip_frames=8, frames=4
              embed_dim=32, depth=4, pre_epochs=1, ft_epochs=1, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
 
 
-def model_overrides(p: dict, frames: int, tubelet: int) -> list[str]:
-    """The demo's model as job-config overrides (``p``: :data:`FULL` or :data:`QUICK`)."""
+def model_overrides(p: dict, frames: int, tubelet: int, **arch: str) -> list[str]:
+    """The demo's model as job-config overrides (``p``: :data:`FULL` or :data:`QUICK`; ``arch``:
+    more constructor arguments, e.g. ``attn_wiring="branch"``)."""
+    extra = "".join(f", {k}: {v}" for k, v in arch.items())
     return [
         "model.name=videomap_tiny", f"model.num_frames={frames}", f"model.img_size={p['size']}",
         "model.drop_path_rate=0.0",
         f"model.overrides={{embed_dim: {p['embed_dim']}, depth: {p['depth']}, attn_every: 4, "
-        f"patch_size: {p['patch']}, tubelet_size: {tubelet}, global_pool: avg}}",
+        f"patch_size: {p['patch']}, tubelet_size: {tubelet}, global_pool: avg{extra}}}",
     ]
 
 
