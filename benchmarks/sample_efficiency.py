@@ -40,7 +40,8 @@ from videomap.tasks.finetune import run_evaluate, run_finetune  # noqa: E402
 from videomap.tasks.pretrain import run_pretrain  # noqa: E402
 
 OBJECTIVES = ("frame", "token", "video", "scratch")
-MODEL_KEYS = ("attn_wiring",)  # arm settings that change the architecture (pre-training and fine-tuning)
+# arm settings that change the architecture (so they apply to pre-training and fine-tuning)
+MODEL_KEYS = ("attn_wiring", "keep_dt_bias_init")
 
 
 def parse_arm(arm: str) -> tuple[str, dict[str, str]]:

@@ -233,3 +233,41 @@ def test_out_projections_scale_with_the_number_of_mamba_layers():
     w = m.layers[0].mixer.out_proj.weight
     bound = 1 / (w.shape[1] ** 0.5) / (8 ** 0.5)  # kaiming_uniform(a=sqrt 5) bound / sqrt(depth)
     assert w.abs().max() <= bound + 1e-7 and w.abs().max() > 0.9 * bound
+
+
+@pytest.mark.parametrize("name,kw", [("videomap_tiny", {}), ("videomap_tiny", {"attn_wiring": "branch"}),
+                                     ("videomamba_tiny", {}), ("vit_tiny", {})])
+@pytest.mark.parametrize("num_blocks", [None, 2])
+def test_grad_checkpointing_gives_identical_gradients(name, kw, num_blocks):
+    """Recomputed blocks replay the same drop-path draws, so every gradient is bit-identical."""
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        m = tiny_model(name, num_classes=3, drop_path_rate=0.3, **kw).train()
+        m.set_grad_checkpointing(checkpointing, num_blocks)
+        torch.manual_seed(1)
+        m(torch.randn(2, 3, 4, 32, 32)).square().sum().backward()
+        return m, {k: p.grad for k, p in m.named_parameters()}
+
+    m, got = grads(True)
+    assert m.checkpoint_blocks == (len(m.block_names()) if num_blocks is None else 2)
+    _, want = grads(False)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_grad_checkpointing_recomputes_in_backward():
+    torch.manual_seed(0)
+    m = tiny_model("videomap_tiny").train()
+    calls = []
+    # a pre-hook: recomputation stops as soon as the saved tensors are rebuilt, before any post-hook
+    m.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    x = torch.randn(1, 3, 4, 32, 32)
+    m.set_grad_checkpointing(True, 1)
+    m(x).sum().backward()
+    assert len(calls) == 2  # forward, then again in backward
+    calls.clear()
+    with torch.no_grad():
+        m(x)
+    assert len(calls) == 1  # nothing to recompute without autograd
+    with pytest.raises(ValueError, match="num_blocks"):
+        m.set_grad_checkpointing(True, -1)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from videomap.ops import cpu_build, selective_scan, selective_scan_backend, selective_scan_ref, torch_scan
-from videomap.ops.torch_scan import TorchScanFn
+from videomap.ops.torch_scan import scan_backward, scan_forward
 
 TOL = 1e-5  # fp32 vs float64 reference, relative to the largest reference magnitude per tensor
 
@@ -78,6 +78,23 @@ def assert_close_to_ref(got, ref, tol=TOL):
     errs = {k: rel_err(got[k], ref[k]) for k in ref}
     bad = {k: f"{e:.2e}" for k, e in errs.items() if not e <= tol}
     assert not bad, f"relative errors above {tol}: {bad}"
+
+
+class TorchScanFn(torch.autograd.Function):
+    """The PyTorch path with a chosen recurrence method (the operator always takes the default)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, method):
+        out, last, carries = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, True, method)
+        ctx.softplus, ctx.method = softplus, method
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, carries)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        *inputs, carries = ctx.saved_tensors
+        grads = scan_backward(*inputs, ctx.softplus, carries, dout, dlast, method=ctx.method)
+        return (*grads, None, None)
 
 
 def torch_path(method):

@@ -1,4 +1,4 @@
-"""Command line: ``videomap pretrain | finetune | evaluate | extract | demo | models``.
+"""Command line: ``videomap pretrain | finetune | evaluate | extract | export | demo | models``.
 
 Every training command takes ``--config file.yaml`` and ``key=value`` overrides
 (``train.epochs=5 model.name=videomap_small``); unknown keys are errors listing the valid ones.
@@ -20,11 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in [("pretrain", "masked pre-training (VideoMAP / token-wise AR / UMT)"),
                             ("finetune", "supervised fine-tuning with evaluation"),
                             ("evaluate", "multi-view evaluation of a checkpoint"),
-                            ("extract", "per-video features with sliding windows")]:
+                            ("extract", "per-video features with sliding windows"),
+                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch")]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
-        if name in ("evaluate", "extract"):
+        if name == "export":
+            p.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
+            p.add_argument("--out", help="output file (default: model.<format> beside the checkpoint)")
+        if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")
         if name in ("pretrain", "finetune"):
@@ -65,6 +69,10 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: one busy neighbour on the machine otherwise
+    # cuts throughput several-fold. Read once when the runtime loads, so before torch is imported
+    # (see videomap/engine/threads.py); a value the user exported wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
@@ -89,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "resume", False):
             overrides.append("train.resume=true")
         cfg = load_config(args.config, overrides, command=args.command)
+        from .engine.threads import configure_threads
+
+        configure_threads(cfg.train.num_workers, cfg.train.threads)
         if args.command == "pretrain":
             from .tasks.pretrain import run_pretrain
 
@@ -105,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from .tasks.extract import run_extract
 
             print(json.dumps(run_extract(cfg, args.checkpoint), indent=1))
+        elif args.command == "export":
+            from .tasks.export import run_export
+
+            print(json.dumps(run_export(cfg, args.checkpoint, args.format, args.out), indent=1))
         return 0
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("VIDEOMAP_DEBUG"):

@@ -33,6 +33,7 @@ TASKS_FOR_COMMAND: dict[str, tuple[str, ...]] = {
     "finetune": ("finetune",),
     "evaluate": ("finetune", "evaluate"),
     "extract": ("finetune", "evaluate", "extract"),
+    "export": ("pretrain", "finetune", "evaluate", "extract"),  # only the model section is read
 }
 
 
@@ -45,6 +46,12 @@ class ModelSection:
     num_classes: int | None = None  # None: taken from the dataset
     pretrained: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # extra constructor kwargs (depth, embed_dim, ...)
+    grad_checkpointing: bool = False  # recompute block activations in backward (memory for time)
+    checkpoint_num: int | None = None  # only the first k blocks (the authors' checkpoint_num); None = all
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_num is not None and self.checkpoint_num < 0:
+            raise ValueError(f"model.checkpoint_num must be >= 0 or null (every block), got {self.checkpoint_num}")
 
 
 @dataclass

@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     num_workers: int = 0
+    threads: int | None = None  # compute threads; None: available CPUs - workers (engine/threads.py)
     max_steps: int | None = None
     eval_every_epochs: int = 1
     distributed: DistributedMode = "auto"
@@ -93,6 +94,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null (automatic), got {self.threads}")
         if self.lr < 0 or self.min_lr < 0:
             raise ValueError("lr and min_lr must be >= 0")
         if self.min_lr > self.lr:

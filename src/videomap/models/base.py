@@ -55,6 +55,7 @@ class VideoBackbone(nn.Module):
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.checkpoint_blocks = 0  # leading blocks recomputed in backward (set_grad_checkpointing)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     # ------------------------------------------------------------------ input and tokens
@@ -105,6 +106,26 @@ class VideoBackbone(nn.Module):
         if not bool((keep == keep[0]).all()):
             raise ValueError("mask: every sample must hide the same number of tokens")
         return x[~mask].reshape(b, int(keep[0]), d)
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def set_grad_checkpointing(self, enable: bool = True, num_blocks: int | None = None) -> None:
+        """Recompute block activations in backward instead of storing them (timm's API).
+
+        ``num_blocks``: only the first k blocks in execution order (the authors' ``checkpoint_num``;
+        the early blocks hold the activations of the longest-lived part of the graph); None = all.
+        Gradients are unchanged: the recomputation replays the same RNG state (drop path).
+        """
+        total = len(self.block_names())
+        if num_blocks is not None and num_blocks < 0:
+            raise ValueError(f"num_blocks must be >= 0 or None, got {num_blocks}")
+        self.checkpoint_blocks = (total if num_blocks is None else min(num_blocks, total)) if enable else 0
+
+    def run_block(self, index: int, block: nn.Module, *args):
+        """``block(*args)``, checkpointed when ``index`` (execution order) is among the first
+        ``checkpoint_blocks`` and gradients are being recorded."""
+        if index < self.checkpoint_blocks and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     # ------------------------------------------------------------------ forward API
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

@@ -113,13 +113,13 @@ class VideoMamba(VideoBackbone):
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         hidden, residual = x, None
-        for kind, i in self._plan:
+        for p, (kind, i) in enumerate(self._plan):
             if kind == "m":
-                hidden, residual = self.layers[i](hidden, residual)
+                hidden, residual = self.run_block(p, self.layers[i], hidden, residual)
             elif self.attn_wiring == "branch":
-                hidden = self.attn_layers[i](hidden) + hidden
+                hidden = self.run_block(p, self.attn_layers[i], hidden) + hidden
             else:
                 stream = hidden if residual is None else residual + self.pre_attn_drop[i](hidden)
-                hidden, residual = self.attn_layers[i](self._stream_precision(stream)), None
+                hidden, residual = self.run_block(p, self.attn_layers[i], self._stream_precision(stream)), None
         stream = hidden if residual is None else residual + self.drop_path(hidden)
         return self.norm_f(stream.to(self.norm_f.weight.dtype))

@@ -32,6 +32,6 @@ class VisionTransformer(VideoBackbone):
         return [f"blocks.{i}" for i in range(len(self.blocks))]
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
+        for p, blk in enumerate(self.blocks):
+            x = self.run_block(p, blk, x)
         return self.norm(x)

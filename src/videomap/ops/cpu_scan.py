@@ -1,4 +1,5 @@
-"""Autograd Function around the compiled C kernel (fp32, CPU)."""
+"""Forward and backward of the selective scan in the compiled C kernel (fp32, CPU); the
+registered operator in :mod:`.scan_op` wraps them with autograd."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import ctypes
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from ._checks import no_autocast
 from .cpu_build import KernelLib
@@ -38,78 +38,72 @@ def _check(rc: int, what: str) -> None:
         raise RuntimeError(f"selective_scan kernel: {what} failed with code {rc}")
 
 
-class KernelScanFn(torch.autograd.Function):
-    """Forward/backward in C.  Saves the inputs plus one state per 64-step chunk
-    (B·E·L/64·N floats, ~1.6% of a full state history) and recomputes the rest in backward.
+def carries_numel(kern_chunk: int, bsz: int, dim: int, seqlen: int, nstate: int) -> int:
+    """Size of the saved per-chunk states: one padded state per ``kern_chunk`` steps."""
+    return bsz * dim * (-(-seqlen // kern_chunk)) * _padded(nstate)
+
+
+def kernel_forward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_carries: bool):
+    """Forward in C; returns (out, last_state, carries) with carries flat (empty unless asked for):
+    one state per 64-step chunk (B·E·L/64·N floats, ~1.6% of a full state history), from which
+    :func:`kernel_backward` recomputes the rest.
 
     Expects contiguous fp32 CPU tensors (the dispatcher prepares them).
     """
+    bsz, dim, seqlen = u.shape
+    nstate = A.shape[1]
+    np_ = _padded(nstate)
+    A_p = F.pad(A, (0, np_ - nstate)).contiguous() if np_ != nstate else A
+    Bt, Ct = _time_major(B, np_), _time_major(C, np_)
+    out = torch.empty_like(u)
+    last = u.new_empty(bsz, dim, np_)
+    carries = u.new_empty(carries_numel(kern.chunk, bsz, dim, seqlen, nstate) if save_carries else 0)
+    rc = kern.lib.vm_scan_fwd(
+        _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
+        int(softplus), bsz, dim, seqlen, np_, _ptr(out), _ptr(last), _ptr(carries) if save_carries else None,
+        torch.get_num_threads(),
+    )
+    _check(rc, "forward")
+    if np_ != nstate:
+        last = last[..., :nstate].contiguous()
+    return out, last, carries
 
-    @staticmethod
-    def forward(ctx, kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplus):
-        bsz, dim, seqlen = u.shape
-        nstate = A.shape[1]
-        np_ = _padded(nstate)
-        nch = -(-seqlen // kern.chunk)
+
+def kernel_backward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplus: bool, carries, dout, dlast):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias) in C; ``None`` where the input is None."""
+    bsz, dim, seqlen = u.shape
+    nstate = A.shape[1]
+    np_ = _padded(nstate)
+    with no_autocast("cpu"):
         A_p = F.pad(A, (0, np_ - nstate)).contiguous() if np_ != nstate else A
         Bt, Ct = _time_major(B, np_), _time_major(C, np_)
-        out = torch.empty_like(u)
-        last = u.new_empty(bsz, dim, np_)
-        need_grad = any(ctx.needs_input_grad)
-        carries = u.new_empty(bsz, dim, nch, np_) if need_grad else None
-        rc = kern.lib.vm_scan_fwd(
+        dout = dout.to(torch.float32).contiguous()
+        if dlast is not None:
+            dlast = dlast.to(torch.float32)
+            if np_ != nstate:
+                dlast = F.pad(dlast, (0, np_ - nstate))
+            dlast = dlast.contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dA = u.new_empty(dim, np_)
+        dBt, dCt = u.new_empty(bsz, seqlen, np_), u.new_empty(bsz, seqlen, np_)
+        dD, dbias = u.new_empty(dim), u.new_empty(dim)
+        dz = torch.empty_like(u) if z is not None else None
+        rc = kern.lib.vm_scan_bwd(
             _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-            int(softplus), bsz, dim, seqlen, np_, _ptr(out), _ptr(last), _ptr(carries),
+            int(softplus), bsz, dim, seqlen, np_, _ptr(carries), _ptr(dout), _ptr(dlast),
+            _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD), _ptr(dz), _ptr(dbias),
             torch.get_num_threads(),
         )
-        _check(rc, "forward")
-        ctx.kern = kern
-        ctx.softplus = softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, carries)
-        if np_ != nstate:
-            last = last[..., :nstate].contiguous()
-        return out, last
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, carries = ctx.saved_tensors
-        kern: KernelLib = ctx.kern
-        bsz, dim, seqlen = u.shape
-        nstate = A.shape[1]
-        np_ = _padded(nstate)
-        with no_autocast("cpu"):
-            A_p = F.pad(A, (0, np_ - nstate)).contiguous() if np_ != nstate else A
-            Bt, Ct = _time_major(B, np_), _time_major(C, np_)
-            dout = dout.to(torch.float32).contiguous()
-            if dlast is not None:
-                dlast = dlast.to(torch.float32)
-                if np_ != nstate:
-                    dlast = F.pad(dlast, (0, np_ - nstate))
-                dlast = dlast.contiguous()
-            du, ddelta = torch.empty_like(u), torch.empty_like(u)
-            dA = u.new_empty(dim, np_)
-            dBt, dCt = u.new_empty(bsz, seqlen, np_), u.new_empty(bsz, seqlen, np_)
-            dD, dbias = u.new_empty(dim), u.new_empty(dim)
-            dz = torch.empty_like(u) if z is not None else None
-            rc = kern.lib.vm_scan_bwd(
-                _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-                int(ctx.softplus), bsz, dim, seqlen, np_, _ptr(carries), _ptr(dout), _ptr(dlast),
-                _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD), _ptr(dz), _ptr(dbias),
-                torch.get_num_threads(),
-            )
-            _check(rc, "backward")
-        dB = dBt[..., :nstate].transpose(1, 2)
-        dC = dCt[..., :nstate].transpose(1, 2)
-        return (
-            None,
-            du,
-            ddelta,
-            dA[:, :nstate] if np_ != nstate else dA,
-            dB,
-            dC,
-            dD if D is not None else None,
-            dz,
-            dbias if delta_bias is not None else None,
-            None,
-        )
+        _check(rc, "backward")
+    dB = dBt[..., :nstate].transpose(1, 2)
+    dC = dCt[..., :nstate].transpose(1, 2)
+    return (
+        du,
+        ddelta,
+        dA[:, :nstate] if np_ != nstate else dA,
+        dB,
+        dC,
+        dD if D is not None else None,
+        dz,
+        dbias if delta_bias is not None else None,
+    )

@@ -7,6 +7,10 @@ Backends, picked per call from the input tensors:
   compiled on first use.
 * ``"torch"``: everything else -- float64 on CPU, CUDA without mamba_ssm, other devices,
   ``VIDEOMAP_DISABLE_KERNEL=1``, or when no C compiler is available.
+
+The CPU kernel and the PyTorch path run through the registered operator of :mod:`.scan_op`, so
+``torch.compile``/``torch.export`` keep the scan as one node. Under ``torch.compile`` CUDA
+tensors take that operator's PyTorch path too (mamba_ssm's function is not a registered op).
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from . import cpu_build
+from . import cpu_build, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
 from ._checks import check_inputs, compute_dtype, no_autocast
-from .cpu_scan import MAX_STATE, KernelScanFn
-from .torch_scan import TorchScanFn
+from .cpu_scan import MAX_STATE
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +113,14 @@ def selective_scan(
     O(inputs): states are recomputed in backward instead of stored.
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    backend, reason = _choose(u.device, u.dtype)
-    if backend == "cpu-kernel" and A.shape[1] > MAX_STATE:
-        backend, reason = "torch", f"d_state {A.shape[1]} > {MAX_STATE} (the C kernel's limit)"
-    _log_once(backend, reason)
-    if backend == "cuda-mamba_ssm":
-        fn = _mamba_cuda_fn()
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if not torch.compiler.is_compiling():  # a traced graph holds the operator, nothing else
+        backend, reason = _choose(u.device, u.dtype)
+        if backend == "cpu-kernel" and A.shape[1] > MAX_STATE:
+            backend, reason = "torch", f"d_state {A.shape[1]} > {MAX_STATE} (the C kernel's limit)"
+        _log_once(backend, reason)
+        if backend == "cuda-mamba_ssm":
+            fn = _mamba_cuda_fn()
+            return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     in_dtype = u.dtype
     ct = compute_dtype(u)
@@ -126,9 +130,7 @@ def selective_scan(
             return None if t is None else t.to(ct).contiguous()
 
         args = [prep(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-        if backend == "cpu-kernel":
-            out, last = KernelScanFn.apply(cpu_build.get_kernel(), *args, bool(delta_softplus))
-        else:
-            out, last = TorchScanFn.apply(*args, bool(delta_softplus))
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+        out, last, _ = torch.ops.videomap.selective_scan_fwd(*args, bool(delta_softplus), save)
     out = out.to(in_dtype)
     return (out, last.to(in_dtype)) if return_last_state else out

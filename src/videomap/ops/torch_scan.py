@@ -12,8 +12,8 @@ nothing overflows for large Δ:
   (a2*a1, a2*b1 + b2), then the entering state added with the chunk's cumulative decay.
   K·log K work but only ~4·log K kernel launches per chunk; the default on GPUs.
 
-Only chunk-sized temporaries exist at any time.  The autograd Function saves the inputs and
-one state per chunk; its backward recomputes each chunk and runs the adjoint recurrence
+Only chunk-sized temporaries exist at any time.  The forward keeps one state per chunk; the
+backward recomputes each chunk and runs the adjoint recurrence
 g_k = C_k dy_k + a_{k+1} g_{k+1}, which is the same kind of scan run backwards in time.
 """
 
@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
-
-from ._checks import no_autocast
 
 # Elements of one (K, B, E, N) chunk temporary; the chunk length is derived from it.
 _CHUNK_ELEMS = 1 << 20
@@ -202,26 +199,3 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, carries, 
     dbias = ddt.sum((0, 2)) if delta_bias is not None else None
     dB, dC = dBT.permute(1, 2, 0).contiguous(), dCT.permute(1, 2, 0).contiguous()
     return du, ddt, dA, dB, dC, dD, dz, dbias
-
-
-class TorchScanFn(torch.autograd.Function):
-    """Autograd wrapper: saves inputs and per-chunk states only, recomputes in backward."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, method=None):
-        out, last, carries = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus,
-                                          save_carries=any(ctx.needs_input_grad), method=method)
-        ctx.softplus = softplus
-        ctx.method = method
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, carries)
-        return out, last
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, carries = ctx.saved_tensors
-        with no_autocast(u.device.type):
-            grads = scan_backward(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, carries,
-                                  dout.to(u.dtype), None if dlast is None else dlast.to(u.dtype),
-                                  method=ctx.method)
-        return (*grads, None, None)

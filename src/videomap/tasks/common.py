@@ -39,9 +39,12 @@ def build_model(cfg: JobConfig, num_classes: int | None = None, pretrained: str 
     """
     m = cfg.model
     n = m.num_classes if m.num_classes is not None else num_classes
-    return create_model(m.name, num_classes=n if n is not None else 0, num_frames=m.num_frames,
-                        img_size=m.img_size, drop_path_rate=m.drop_path_rate,
-                        pretrained=pretrained if pretrained is not None else m.pretrained, **m.overrides)
+    model = create_model(m.name, num_classes=n if n is not None else 0, num_frames=m.num_frames,
+                         img_size=m.img_size, drop_path_rate=m.drop_path_rate,
+                         pretrained=pretrained if pretrained is not None else m.pretrained, **m.overrides)
+    if m.grad_checkpointing:
+        model.set_grad_checkpointing(True, m.checkpoint_num)
+    return model
 
 
 # create_model arguments that are not the architecture: the head, the clip size (position tables are

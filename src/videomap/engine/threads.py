@@ -1,0 +1,64 @@
+"""CPU thread policy: how many compute threads, and how idle OpenMP threads wait.
+
+Two things make a CPU job collapse when it shares the machine (with its own data-loader workers,
+an evaluation process, another user):
+
+* OpenMP's default wait policy spins: a thread that reaches a barrier early burns its core for a
+  while instead of sleeping. When a neighbour holds one of "our" cores, every parallel region
+  waits for the descheduled thread while the others spin against the neighbour. Passive waiting
+  (``OMP_WAIT_POLICY=PASSIVE``) makes them sleep instead. libgomp reads the variable once, when
+  it is loaded, so it has to be in the environment before ``import torch``.
+* More compute threads than free cores: the count should come from the CPUs this process may
+  run on (``os.sched_getaffinity``, which respects ``taskset`` and container CPU sets, unlike
+  ``os.cpu_count``), less the cores the data-loader workers keep busy.
+
+The ``videomap`` command applies both: it puts ``OMP_WAIT_POLICY=PASSIVE`` in its environment
+before anything imports torch, and calls :func:`configure_threads` for each job. Library users
+export the variable themselves (or set ``os.environ`` before ``import torch``) and call
+:func:`configure_threads`. Explicit settings win: an ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS``
+already in the environment, or ``train.threads`` in a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(num_workers: int = 0) -> int:
+    """Compute threads for a job with ``num_workers`` data-loader processes: this process's share
+    of the available CPUs (``torchrun`` starts ``LOCAL_WORLD_SIZE`` of them per machine), less one
+    per worker (decoding keeps a worker's core busy), at least one."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cpus() // max(1, local) - max(0, num_workers))
+
+
+def configure_threads(num_workers: int = 0, requested: int | None = None) -> int:
+    """Set torch's intra-op threads (also used by the C scan kernel) and return the count.
+
+    ``requested`` (a job's ``train.threads``) wins; then ``OMP_NUM_THREADS`` if the user exported
+    it; otherwise :func:`default_threads`.
+    """
+    import torch
+
+    if requested is not None and requested > 0:
+        n, why = requested, "train.threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        n = default_threads(num_workers)
+        why = f"{available_cpus()} available CPUs, {num_workers} data-loader workers"
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    log.info("compute threads: %d (%s); OpenMP wait policy %s", n, why, os.environ.get("OMP_WAIT_POLICY", "default"))
+    return n
