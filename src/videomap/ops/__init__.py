@@ -1,5 +1,8 @@
 """Low-level operators: the Mamba-1 selective scan (fast C kernel on CPU, mamba_ssm on CUDA,
-chunked PyTorch fallback everywhere else) and its sequential reference."""
+chunked PyTorch fallback everywhere else) and its sequential reference.
+
+Importing this package registers ``torch.ops.videomap.selective_scan_fwd`` / ``_bwd`` (see
+:mod:`.scan_op`), which is what a loaded ``torch.export`` program of a model calls."""
 
 from .reference import selective_scan_ref
 from .scan import selective_scan, selective_scan_backend

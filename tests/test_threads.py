@@ -1,0 +1,58 @@
+"""CPU thread policy: thread counts from the affinity mask and workers; the CLI sets the OpenMP
+wait policy before torch (and with it the OpenMP runtime) is loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from videomap.engine import threads
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_default_threads_use_the_affinity_mask_less_workers_and_local_ranks(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.available_cpus() == 8
+    assert threads.default_threads(0) == 8 and threads.default_threads(3) == 5 and threads.default_threads(20) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share the 8 CPUs
+    assert threads.default_threads(1) == 3
+
+
+def test_configure_threads_precedence(monkeypatch, restore_threads):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.configure_threads(num_workers=1) == 2 and torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.configure_threads(num_workers=0) == 1
+    assert threads.configure_threads(num_workers=0, requested=3) == 3 and torch.get_num_threads() == 3
+
+
+def test_cli_sets_passive_waiting_before_torch_is_imported():
+    code = ("import os, sys; import videomap.cli; assert 'torch' not in sys.modules, 'cli imported torch'; "
+            "from videomap.cli import main; main(['models']) ; print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # a value the user exported wins
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "ACTIVE"
+
+
+def test_train_threads_is_validated():
+    from videomap.config import load_config
+
+    with pytest.raises(ValueError, match="threads"):
+        load_config(None, ["task=finetune", "train.threads=0"])
