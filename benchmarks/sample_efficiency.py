@@ -91,15 +91,15 @@ def run(args: argparse.Namespace) -> None:
     train_list, val_list, unlabeled = _data(out / "data", p, pool)
     counts = _counts(args.fractions, pool)
     ablation_counts = _counts(args.ablation_fractions, pool)
-    done = _done(out)
     for seed in args.seed_list:
         common = train_overrides(p, seed)
         for arm in args.arms:
             objective, settings = parse_arm(arm)
             arch = {k: v for k, v in settings.items() if k in MODEL_KEYS}
             model = model_overrides(p, p["frames"], p["tubelet"], **arch)
+            done = _done(out)  # re-read: another process may share this directory
             todo = [n for n in (ablation_counts if settings else counts) if (arm, n, seed) not in done]
-            if not todo:
+            if not todo or not _claim(out, arm, seed):
                 continue
             encoder = None
             if objective != "scratch":
@@ -140,6 +140,27 @@ def _data(data: Path, p: dict, pool: int) -> tuple[str, str, str]:
                                num_frames=p["clip_frames"], size=p["size"], seed=1)
         marker.write_text(spec)
     return str(data / "train.csv"), str(data / "val.csv"), str(data / "unlabeled" / "train.csv")
+
+
+def _claim(out: Path, arm: str, seed: int) -> bool:
+    """Mark (arm, seed) as this process's; False if a live process already holds it."""
+    path = out / "claims" / f"{_slug(arm)}_s{seed}"
+    path.parent.mkdir(exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = int(path.read_text() or 0)
+            if owner == os.getpid():
+                return True
+            os.kill(owner, 0)
+            return False  # its owner is running
+        except (ProcessLookupError, ValueError):
+            path.write_text(str(os.getpid()))  # left by a process that died: take it over
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def _counts(fractions: list[float], pool: int) -> list[int]:
