@@ -58,6 +58,12 @@ def load_average() -> str:
         return "n/a"
 
 
+def run_context(machine: dict[str, str], extra: str = "") -> str:
+    """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on."""
+    parts = [machine["cpu"], f"{machine['cores']} cores", f"torch {machine['torch']}"] + ([extra] if extra else [])
+    return "(" + ", ".join(parts) + f", load average after the run {load_average()})"
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if unsupported."""
     try:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, load_average, machine_summary, update_doc_section  # noqa: E402
+from _common import REPO, machine_summary, run_context, update_doc_section  # noqa: E402
 
 POLICIES = ("spin", "videomap")
 
@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         cmd = (f"python benchmarks/contention.py --neighbours {' '.join(map(str, args.neighbours))} "
                f"--seconds {args.seconds:g} --rounds {args.rounds} --write-doc")
-        body = (f"`{cmd}` ({machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, load average "
-                f"after: {load_average()}); median of {args.rounds} rounds:\n\n{table}\n\n"
+        body = (f"`{cmd}` {run_context(machine)}; median of {args.rounds} rounds:\n\n{table}\n\n"
                 + ".\n".join(verdicts) + ".")
         update_doc_section(REPO / "docs" / "performance.md", "## Throughput on a shared machine", body)
     return 0

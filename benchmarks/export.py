@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, load_average, machine_summary, median_time, update_doc_section  # noqa: E402
+from _common import REPO, machine_summary, median_time, run_context, update_doc_section  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         cmd = (f"python benchmarks/export.py --model {args.model} --frames {args.frames} --size {args.size} "
                f"--repeats {args.repeats} --write-doc")
-        body = (f"`{cmd}` ({machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, onnxruntime "
-                f"{ort.__version__}, load average after: {load_average()}); {head}:\n\n{text}")
+        body = f"`{cmd}` {run_context(machine, f'onnxruntime {ort.__version__}')}; {head}:\n\n{text}"
         update_doc_section(REPO / "docs" / "performance.md", "### Exported runtimes", body)
     return 0
 

@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, load_average, machine_summary, reset_peak_rss, rss_kib, update_doc_section  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    load_average,
+    machine_summary,
+    reset_peak_rss,
+    rss_kib,
+    run_context,
+    update_doc_section,
+)
 
 MODES = {"off": (False, None), "first half": (True, "half"), "every block": (True, None)}
 
@@ -122,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         cmd = (f"python benchmarks/grad_checkpointing.py --model {args.model} --frames {args.frames} "
                f"--size {args.size} --batch {args.batch} --repeats {args.repeats} --write-doc")
-        body = (f"`{cmd}` ({machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-                f"load average {load_average()}):\n\n{text}\n\n{verdict}.\n\n"
+        body = (f"`{cmd}` {run_context(machine)}:\n\n{text}\n\n{verdict}.\n\n"
                 "`model.set_grad_checkpointing(True, num_blocks)` or the job keys `model.grad_checkpointing: true` "
                 "and `model.checkpoint_num: k` (the first k blocks in execution order, the authors' "
                 "`checkpoint_num`; unset = every block). Gradients are bit-identical to the plain model "
