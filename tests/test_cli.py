@@ -47,7 +47,8 @@ def test_shipped_configs_parse_and_build(path):
     with torch.device("meta"):
         model = create_model(cfg.model.name, num_classes=cfg.model.num_classes or 400,
                              num_frames=cfg.model.num_frames, img_size=cfg.model.img_size, **cfg.model.overrides)
-    assert sum(p.numel() for p in model.parameters()) > 1e6
+    small = os.sep + "small" + os.sep in path  # the CPU-scale recipes: a 0.25M-parameter model
+    assert sum(p.numel() for p in model.parameters()) > (1e5 if small else 1e6)
 
 
 @pytest.fixture(scope="module")

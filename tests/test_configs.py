@@ -327,3 +327,25 @@ def test_job_file_task_must_match_the_command(tmp_path, capsys):
     assert not os.listdir(tmp_path)  # refused before anything was built or written
     ft = FINETUNE[0]
     assert load_config(os.path.join(CONFIG_DIR, ft), command="evaluate").task == "finetune"
+
+
+@pytest.mark.parametrize("task", ["pretrain", "finetune"])
+def test_small_recipes_are_the_demos(task, tmp_path):
+    """configs/small/*_motion.yaml are `videomap demo`'s recipe as job files: same model, data
+    handling, objective and schedule (only paths, seed and logging differ)."""
+    from videomap.tasks.demo import FULL, model_overrides, train_overrides
+
+    shipped = load_config(os.path.join(CONFIG_DIR, "small", f"{task}_motion.yaml"), command=task)
+    p = FULL
+    extra = (["pretrain.objective=frame", "pretrain.teacher=pixel_motion", "pretrain.mask_type=attention",
+              "pretrain.mask_ratio=0.5", f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1",
+              f"train.epochs={p['pre_epochs']}", f"train.lr={p['pre_lr']}"] if task == "pretrain" else
+             [f"train.epochs={p['ft_epochs']}", f"train.lr={p['ft_lr']}", "finetune.label_smoothing=0.1"])
+    demo = load_config(None, model_overrides(p, p["frames"], p["tubelet"]) + train_overrides(p, 0)
+                       + [f"task={task}", "train.min_lr=0.0"] + extra)
+    assert shipped.model == demo.model and shipped.pretrain == demo.pretrain and shipped.finetune == demo.finetune
+    for field in ("flip", "sampling", "frame_stride", "crop_scale") + (("test_clips", "test_crops")
+                                                                          if task == "finetune" else ()):
+        assert getattr(shipped.data, field) == getattr(demo.data, field), field
+    for field in ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "amp", "layer_decay"):
+        assert getattr(shipped.train, field) == getattr(demo.train, field), field
