@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<20} {sum(p.numel() for p in m.parameters()) / 1e6:7.1f}M params (400 classes, 224px)")
             return 0
         if args.command == "demo":
+            from .engine.threads import configure_threads
             from .tasks.demo import run_demo
+
+            configure_threads(num_workers=0)  # the demo loads its clips in the main process
 
             run_demo(args.out or ("runs/demo-quick" if args.quick else "runs/demo"), quick=args.quick, seed=args.seed)
             return 0
