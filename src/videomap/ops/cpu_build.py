@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.c"
 LIB_NAME = "libvideomap_selective_scan.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Tried in order; later entries drop options the compiler or machine may not support.
 # -ffast-math is deliberately absent: the kernel relies on IEEE inf/NaN behaviour.
@@ -123,6 +123,8 @@ def _bind(path: Path) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.vm_scan_fwd.restype = i32
     lib.vm_scan_fwd.argtypes = [p, p, p, p, p, p, p, p, i32, i64, i64, i64, i64, p, p, p, i32]
+    lib.vm_scan_fwd_bf16.restype = i32
+    lib.vm_scan_fwd_bf16.argtypes = lib.vm_scan_fwd.argtypes
     lib.vm_scan_bwd.restype = i32
     lib.vm_scan_bwd.argtypes = [p, p, p, p, p, p, p, p, i32, i64, i64, i64, i64, p, p, p,
                                 p, p, p, p, p, p, p, p, i32]

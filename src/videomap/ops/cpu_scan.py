@@ -48,7 +48,9 @@ def kernel_forward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplu
     one state per 64-step chunk (B·E·L/64·N floats, ~1.6% of a full state history), from which
     :func:`kernel_backward` recomputes the rest.
 
-    Expects contiguous fp32 CPU tensors (the dispatcher prepares them).
+    Expects contiguous fp32 CPU tensors (the dispatcher prepares them); u, delta and z may
+    instead all be bf16 (inference): they are then read, and ``out`` written, in bf16 without
+    full-size fp32 copies, while the scan still runs in fp32.
     """
     bsz, dim, seqlen = u.shape
     nstate = A.shape[1]
@@ -56,9 +58,11 @@ def kernel_forward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplu
     A_p = F.pad(A, (0, np_ - nstate)).contiguous() if np_ != nstate else A
     Bt, Ct = _time_major(B, np_), _time_major(C, np_)
     out = torch.empty_like(u)
-    last = u.new_empty(bsz, dim, np_)
-    carries = u.new_empty(carries_numel(kern.chunk, bsz, dim, seqlen, nstate) if save_carries else 0)
-    rc = kern.lib.vm_scan_fwd(
+    last = u.new_empty(bsz, dim, np_, dtype=torch.float32)
+    carries = u.new_empty(carries_numel(kern.chunk, bsz, dim, seqlen, nstate) if save_carries else 0,
+                          dtype=torch.float32)
+    scan = kern.lib.vm_scan_fwd_bf16 if u.dtype == torch.bfloat16 else kern.lib.vm_scan_fwd
+    rc = scan(
         _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
         int(softplus), bsz, dim, seqlen, np_, _ptr(out), _ptr(last), _ptr(carries) if save_carries else None,
         torch.get_num_threads(),

@@ -124,13 +124,18 @@ def selective_scan(
 
     in_dtype = u.dtype
     ct = compute_dtype(u)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    # bf16 sequences on CPU for inference go to the operator as they are (it reads them chunk by
+    # chunk); everything else, and anything to differentiate, is computed from fp32 copies
+    low = (not save and u.device.type == "cpu"
+           and all(t.dtype == torch.bfloat16 for t in (u, delta, z) if t is not None))
     with no_autocast(u.device.type):
 
-        def prep(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(ct).contiguous()
+        def prep(t: torch.Tensor | None, keep_bf16: bool = False) -> torch.Tensor | None:
+            return None if t is None else t.to(torch.bfloat16 if keep_bf16 else ct).contiguous()
 
-        args = [prep(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+        args = [prep(t, low and i in (0, 1, 6)) for i, t in enumerate(inputs)]  # u, delta, z
         out, last, _ = torch.ops.videomap.selective_scan_fwd(*args, bool(delta_softplus), save)
     out = out.to(in_dtype)
     return (out, last.to(in_dtype)) if return_last_state else out

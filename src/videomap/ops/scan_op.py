@@ -5,7 +5,8 @@ Registering it is what lets ``torch.compile(fullgraph=True)`` and ``torch.export
 as one opaque node instead of tracing into ctypes calls they cannot follow. The real
 implementation picks its backend when it runs: the C kernel for CPU tensors when it is built
 (fp32), else the chunked PyTorch scan (float64, CUDA, other devices, no compiler). Inputs are
-expected already prepared (same dtype, contiguous); :func:`videomap.ops.selective_scan` does that.
+expected already prepared (contiguous; fp32 or fp64, except that u, delta and z may all be bf16
+for inference); :func:`videomap.ops.selective_scan` does that.
 
 The chunk states saved for backward travel as a flat tensor whose length depends on the backend
 (one state per 64 steps in C, one per PyTorch chunk otherwise), so a traced graph is tied to the
@@ -25,7 +26,7 @@ from .torch_scan import chunk_len, scan_backward, scan_forward
 
 def op_backend(u: Tensor, nstate: int) -> str:
     """``"cpu-kernel"`` or ``"torch"``: what the operator runs for inputs like ``u``."""
-    if (u.device.type == "cpu" and u.dtype == torch.float32 and nstate <= MAX_STATE
+    if (u.device.type == "cpu" and u.dtype in (torch.float32, torch.bfloat16) and nstate <= MAX_STATE
             and not cpu_build.kernel_disabled() and cpu_build.get_kernel() is not None):
         return "cpu-kernel"
     return "torch"
@@ -53,17 +54,24 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries):
+    low = u.dtype == torch.bfloat16  # bf16 u/delta/z/out: inference only, the scan is fp32 inside
+    if low and save_carries:
+        raise ValueError("selective_scan_fwd: bf16 u/delta/z are for inference; pass fp32 to train")
     if op_backend(u, A.shape[1]) == "cpu-kernel":
         return kernel_forward(cpu_build.get_kernel(), u, delta, A, B, C, D, z, delta_bias, softplus, save_carries)
+    if low:
+        u, delta, z = u.float(), delta.float(), None if z is None else z.float()
     out, last, carries = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries)
-    return out, last, (carries.reshape(-1) if carries is not None else _empty(u))
+    return (out.bfloat16() if low else out), last, (carries.reshape(-1) if carries is not None else _empty(u))
 
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries):
     nstate = A.shape[1]
     n = _carries_numel(op_backend(u, nstate), u, nstate) if save_carries else 0
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], nstate), u.new_empty(n)
+    state_dtype = torch.float32 if u.dtype == torch.bfloat16 else u.dtype
+    return (torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], nstate, dtype=state_dtype),
+            u.new_empty(n, dtype=state_dtype))
 
 
 @torch.library.custom_op("videomap::selective_scan_bwd", mutates_args=())

@@ -48,7 +48,7 @@
 #define CHUNK 64  /* time steps per chunk (multiple of VW) */
 #define NBMAX 16  /* at most NBMAX * VW = 256 states */
 #define TILE_CHUNKS 16 /* loop tiling: a thread runs TILE_CHUNKS chunks of one channel before the next */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
@@ -279,10 +279,30 @@ static void fwd_chunk_n(int nb, int K, const float *u, const float *dl, const fl
 int vm_scan_abi_version(void) { return ABI_VERSION; }
 int vm_scan_chunk(void) { return CHUNK; }
 
-/* Forward.  carries and last may be NULL.  Returns 0, or a negative code. */
-int vm_scan_fwd(const float *u, const float *delta, const float *A, const float *Bt, const float *Ct,
-                const float *D, const float *z, const float *delta_bias, int softplus, int64_t nbatch,
-                int64_t E, int64_t L, int64_t NP, float *out, float *last, float *carries, int nthreads) {
+/* bf16 <-> fp32 for the bf16-in/out forward (round to nearest even, NaN kept quiet: the
+ * same results as torch's conversions). */
+ALWAYS_INLINE float bf16_to_f32(uint16_t h) {
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+ALWAYS_INLINE uint16_t f32_to_bf16(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+
+/* Forward.  carries and last may be NULL.  bf16_io: u, delta, z and out are bf16 (uint16)
+ * rows, converted a chunk at a time into fp32 buffers on the stack, so a bf16 model feeds the
+ * scan without full-size fp32 copies; the scan itself is fp32 either way.  Returns 0, or a
+ * negative code. */
+static int scan_fwd(const void *u, const void *delta, const float *A, const float *Bt, const float *Ct,
+                    const float *D, const void *z, const float *delta_bias, int softplus, int64_t nbatch,
+                    int64_t E, int64_t L, int64_t NP, void *out, float *last, float *carries, int nthreads,
+                    int bf16_io) {
     if (NP <= 0 || NP % VW != 0 || NP / VW > NBMAX) return -2;
     const int nb = (int)(NP / VW);
     const int64_t nch = (L + CHUNK - 1) / CHUNK;
@@ -298,6 +318,7 @@ int vm_scan_fwd(const float *u, const float *delta, const float *A, const float 
         const int T = 1, tid = 0;
 #endif
         const int64_t e0 = E * tid / T, e1 = E * (tid + 1) / T;
+        float ub[CHUNK], db[CHUNK], zb[CHUNK], ob[CHUNK]; /* fp32 rows of one chunk (bf16_io) */
         for (int64_t b = 0; b < nbatch; b++) {
             memset(state + e0 * NP, 0, (size_t)(e1 - e0) * NP * sizeof(float));
             for (int64_t t0 = 0; t0 < nch; t0 += TILE_CHUNKS) {
@@ -311,13 +332,32 @@ int vm_scan_fwd(const float *u, const float *delta, const float *A, const float 
                         const int K = (int)(L - l0 < CHUNK ? L - l0 : CHUNK);
                         const float *bt = Bt + (b * L + l0) * NP, *ct = Ct + (b * L + l0) * NP;
                         const size_t row = (size_t)((b * E + e) * L + l0);
-                        const float *zr = z ? z + row : NULL;
+                        const float *ur, *dr, *zr;
+                        float *orow;
+                        if (bf16_io) {
+                            const uint16_t *u16 = (const uint16_t *)u + row, *d16 = (const uint16_t *)delta + row;
+                            for (int k = 0; k < K; k++) {
+                                ub[k] = bf16_to_f32(u16[k]);
+                                db[k] = bf16_to_f32(d16[k]);
+                            }
+                            if (z) {
+                                const uint16_t *z16 = (const uint16_t *)z + row;
+                                for (int k = 0; k < K; k++) zb[k] = bf16_to_f32(z16[k]);
+                            }
+                            ur = ub, dr = db, zr = z ? zb : NULL, orow = ob;
+                        } else {
+                            ur = (const float *)u + row, dr = (const float *)delta + row;
+                            zr = z ? (const float *)z + row : NULL;
+                            orow = (float *)out + row;
+                        }
                         if (nb == 1)
-                            fwd_chunk_1(K, u + row, delta + row, zr, bias, Dv, softplus, A + e * NP, bt, ct,
-                                        out + row, st);
+                            fwd_chunk_1(K, ur, dr, zr, bias, Dv, softplus, A + e * NP, bt, ct, orow, st);
                         else
-                            fwd_chunk_n(nb, K, u + row, delta + row, zr, bias, Dv, softplus, A + e * NP, bt,
-                                        ct, out + row, st);
+                            fwd_chunk_n(nb, K, ur, dr, zr, bias, Dv, softplus, A + e * NP, bt, ct, orow, st);
+                        if (bf16_io) {
+                            uint16_t *o16 = (uint16_t *)out + row;
+                            for (int k = 0; k < K; k++) o16[k] = f32_to_bf16(ob[k]);
+                        }
                         if (carries) memcpy(carries + ((b * E + e) * nch + c) * NP, st, NP * sizeof(float));
                     }
                 }
@@ -328,6 +368,21 @@ int vm_scan_fwd(const float *u, const float *delta, const float *A, const float 
     }
     free(state);
     return 0;
+}
+
+int vm_scan_fwd(const float *u, const float *delta, const float *A, const float *Bt, const float *Ct,
+                const float *D, const float *z, const float *delta_bias, int softplus, int64_t nbatch,
+                int64_t E, int64_t L, int64_t NP, float *out, float *last, float *carries, int nthreads) {
+    return scan_fwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, nbatch, E, L, NP, out, last, carries,
+                    nthreads, 0);
+}
+
+/* The same with bf16 u, delta, z and out (inference under bf16 autocast). */
+int vm_scan_fwd_bf16(const uint16_t *u, const uint16_t *delta, const float *A, const float *Bt, const float *Ct,
+                     const float *D, const uint16_t *z, const float *delta_bias, int softplus, int64_t nbatch,
+                     int64_t E, int64_t L, int64_t NP, uint16_t *out, float *last, float *carries, int nthreads) {
+    return scan_fwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, nbatch, E, L, NP, out, last, carries,
+                    nthreads, 1);
 }
 
 /* Backward over one chunk for one (batch, channel) row: recompute the chunk's
