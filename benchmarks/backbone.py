@@ -56,7 +56,17 @@ def run_case(name: str, frames: int, size: int, device: str, repeats: int, dtype
             times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_kb("VmHWM") * 1024) - base
     t = sorted(times[1:])[len(times[1:]) // 2] if repeats > 1 else times[-1]
-    return {"model": name, "frames": frames, "seconds": t, "clips_per_s": 1.0 / t, "peak_mb": peak / 2**20}
+    row = {"model": name, "frames": frames, "seconds": t, "clips_per_s": 1.0 / t, "peak_mb": peak / 2**20}
+    if dtype == "bf16":  # do bf16 predictions match fp32 ones? (after the timing: not in the peak)
+        xs = torch.randn(4, 3, frames, size, size, device=device)
+        with torch.inference_mode():
+            ref = torch.cat([model(xs[i:i + 1]) for i in range(4)])
+            with amp:
+                low = torch.cat([model(xs[i:i + 1]) for i in range(4)]).float()
+        row["top1_agree"] = float((ref.argmax(-1) == low.argmax(-1)).float().mean())
+        row["max_logit_diff"] = float((ref - low).abs().max())
+        row["logit_std"] = float(ref.std())  # untrained heads give near-tied logits: read the diff against this
+    return row
 
 
 def main() -> None:
@@ -65,7 +75,8 @@ def main() -> None:
     ap.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--dtype", "--amp", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: autocast, plus top-1 agreement / max logit difference against fp32")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (median)")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -94,9 +105,14 @@ def main() -> None:
 
     print(f"\nBackbone inference, batch 1, {args.size}x{args.size}, {args.dtype}, device={args.device} "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__})")
-    print("| model | T | s/clip | clips/s | peak MB |\n|---|---|---|---|---|")
+    low = args.dtype == "bf16"
+    print("| model | T | s/clip | clips/s | peak MB |"
+          + (" top-1 = fp32 (4 clips) | max logit diff / logit std |" if low else "")
+          + "\n|---|---|---|---|---|" + ("---|---|" if low else ""))
     for r in rows:
-        print(f"| {r['model']} | {r['frames']} | {r['seconds']:.3f} | {r['clips_per_s']:.3f} | {r['peak_mb']:.1f} |")
+        extra = f" {r['top1_agree']:.0%} | {r['max_logit_diff']:.3f} / {r['logit_std']:.3f} |" if low else ""
+        print(f"| {r['model']} | {r['frames']} | {r['seconds']:.3f} | {r['clips_per_s']:.3f} | {r['peak_mb']:.1f} |"
+              + extra)
 
     by = {(r["model"], r["frames"]): r for r in rows}
     tmax, tmin = max(args.frames), min(args.frames)
@@ -107,6 +123,9 @@ def main() -> None:
     if ("videomamba_tiny", tmax) in by and ("videomamba_tiny", tmin) in by:
         growth = by[("videomamba_tiny", tmax)]["seconds"] / by[("videomamba_tiny", tmin)]["seconds"]
         checks.append((f"videomamba_tiny time T={tmax} / T={tmin}", growth, "<= 10", growth <= 10))
+    if low and ("videomamba_tiny", tmin) in by and ("vit_tiny", tmin) in by:
+        slower = by[("videomamba_tiny", tmin)]["seconds"] / by[("vit_tiny", tmin)]["seconds"]
+        checks.append((f"videomamba_tiny / vit_tiny time at T={tmin}", slower, "<= 2.5", slower <= 2.5))
     if checks:
         print("\n| check | measured | target | result |\n|---|---|---|---|")
         for label, val, target, ok in checks:
