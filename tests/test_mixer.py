@@ -68,7 +68,7 @@ def test_mixer_init_follows_mamba():
 
 
 def test_causal_conv_matches_conv1d_with_gradients():
-    from videomap.layers.mamba import causal_depthwise_conv1d
+    from videomap.ops import causal_depthwise_conv1d
 
     torch.manual_seed(0)
     for length in (1, 2, 3, 11):
@@ -81,3 +81,29 @@ def test_causal_conv_matches_conv1d_with_gradients():
         g = torch.randn_like(ref)
         assert all(torch.allclose(a, r) for a, r in zip(torch.autograd.grad(ours, (x, w, b), g),
                                                         torch.autograd.grad(ref, (x, w, b), g)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_conv_silu_kernel_matches_pytorch(dtype, reverse):
+    """The one-pass inference kernel equals flip -> conv -> silu in PyTorch (fp32 inside; bf16
+    rounded once at the end), for lengths shorter than the kernel and not a multiple of 16."""
+    import videomap.ops.conv as conv
+
+    torch.manual_seed(0)
+    for length in (1, 3, 37):
+        x = torch.randn(2, 5, length).to(dtype)
+        w, b = torch.randn(5, 1, 4), torch.randn(5)
+        with torch.no_grad():
+            assert conv._kernel_applies(x, w)
+            got = conv.causal_conv1d_silu(x, w, b, reverse=reverse)
+            xf = x.float().flip(-1) if reverse else x.float()
+            ref = F.silu(conv.causal_depthwise_conv1d(xf, w, b))
+        assert got.dtype == dtype and got.shape == x.shape
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(got.float(), ref.to(dtype).float(), rtol=tol, atol=tol), (length, reverse)
+    # with autograd the PyTorch version runs (the kernel has no backward)
+    xg = torch.randn(1, 5, 9, requires_grad=True)
+    assert not conv._kernel_applies(xg, w)
+    conv.causal_conv1d_silu(xg, w, b, reverse=True).sum().backward()
+    assert xg.grad is not None

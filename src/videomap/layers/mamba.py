@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -24,23 +23,6 @@ def left_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``w @ x`` for w (out, in) and x (B, in, L) of any strides, produced as a contiguous
     (B, out, L) tensor (``torch.matmul`` computes it L-major and then copies it)."""
     return torch.bmm(w.to(x.dtype).expand(x.shape[0], *w.shape), x)
-
-
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``Conv1d(E, E, K, groups=E, padding=K-1)(x)[..., :L]`` as K fused multiply-adds.
-
-    x: (B, E, L) contiguous, weight: (E, 1, K). On CPU the depthwise convolution kernel plus the
-    layout copies around it cost about twice as much at long L.
-    """
-    k, length = weight.shape[-1], x.shape[-1]
-    w = weight[:, 0, :, None].to(x.dtype)  # (E, K, 1); tap K-1 multiplies the current step
-    if bias is None:
-        out = x * w[:, k - 1]
-    else:
-        out = torch.addcmul(bias[:, None].to(x.dtype), x, w[:, k - 1])
-    for shift in range(1, min(k, length)):
-        out[..., shift:].addcmul_(x[..., : length - shift], w[:, k - 1 - shift])
-    return out
 
 
 class BiMamba(nn.Module):
@@ -89,8 +71,9 @@ class BiMamba(nn.Module):
             setattr(self, "A_log" if sfx == "" else "A_b_log", a_log)
             setattr(self, f"D{sfx}", d)
 
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
-        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L).
+    def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str, reverse: bool = False) -> torch.Tensor:
+        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L),
+        in reversed time order when ``reverse`` (z is then expected reversed already).
 
         Projections multiply the weight from the left so that every (B, channels, L) tensor is
         produced contiguous: at long L, layout copies otherwise cost more than the scan itself.
@@ -100,7 +83,7 @@ class BiMamba(nn.Module):
         dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
         a_log = self.A_log if sfx == "" else self.A_b_log
         d = getattr(self, f"D{sfx}")
-        x = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias))  # causal: left context only
+        x = ops.causal_conv1d_silu(x, conv.weight, conv.bias, reverse=reverse)  # causal: left context only
         x_dbl = left_matmul(x_proj.weight, x)  # (B, R + 2N, L)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = left_matmul(dt_proj.weight, dt)  # (B, E, L); the bias goes into the scan
@@ -119,7 +102,7 @@ class BiMamba(nn.Module):
             z = z + self.in_proj.bias[self.d_inner:, None].to(z.dtype)
         y = self._direction(x, z, "")
         if self.bidirectional:
-            y_b = self._direction(x.flip(-1), z.flip(-1), "_b").flip(-1)
+            y_b = self._direction(x, z.flip(-1), "_b", reverse=True).flip(-1)
             y = y + y_b
             if self.merge == "mean":
                 y = y * 0.5

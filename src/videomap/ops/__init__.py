@@ -4,7 +4,9 @@ chunked PyTorch fallback everywhere else) and its sequential reference.
 Importing this package registers ``torch.ops.videomap.selective_scan_fwd`` / ``_bwd`` (see
 :mod:`.scan_op`), which is what a loaded ``torch.export`` program of a model calls."""
 
+from .conv import causal_conv1d_silu, causal_depthwise_conv1d
 from .reference import selective_scan_ref
 from .scan import selective_scan, selective_scan_backend
 
-__all__ = ["selective_scan", "selective_scan_backend", "selective_scan_ref"]
+__all__ = ["causal_conv1d_silu", "causal_depthwise_conv1d", "selective_scan", "selective_scan_backend",
+           "selective_scan_ref"]

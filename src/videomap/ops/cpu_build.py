@@ -129,6 +129,8 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.vm_scan_bwd.argtypes = [p, p, p, p, p, p, p, p, i32, i64, i64, i64, i64, p, p, p,
                                 p, p, p, p, p, p, p, p, i32]
     lib.vm_scan_chunk.restype = i32
+    lib.vm_conv_silu.restype = i32
+    lib.vm_conv_silu.argtypes = [p, p, p, i64, i64, i64, i32, p, i32, i32, i32]
     return lib
 
 

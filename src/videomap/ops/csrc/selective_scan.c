@@ -385,6 +385,58 @@ int vm_scan_fwd_bf16(const uint16_t *u, const uint16_t *delta, const float *A, c
                     nthreads, 1);
 }
 
+/* Causal depthwise convolution + SiLU for inference, one pass over memory:
+ * out[b,e,l] = silu(bias[e] + sum_j w[e,j] * x[b,e,l-(K-1)+j]) with zeros before the start.
+ * reverse: the convolution runs over the time-reversed row and its output is stored in that
+ * reversed order (what flip -> conv -> silu gives), so the backward scan direction needs no
+ * separate flip of its input.  x and out are fp32, or bf16 when bf16_io.  K <= 16. */
+int vm_conv_silu(const void *x, const float *w, const float *bias, int64_t nrows_b, int64_t E, int64_t L,
+                 int K, void *out, int bf16_io, int reverse, int nthreads) {
+    if (K < 1 || K > 16 || L < 0) return -2;
+    const int nt = thread_count(nthreads);
+    (void)nt;
+    int err = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        /* one row in fp32 with 15 zeros of history in front and room for a full last vector */
+        float *row = xalloc((size_t)(L + 15 + VW) * sizeof(float));
+        if (!row) {
+#pragma omp atomic write
+            err = -1;
+        } else {
+            float *xin = row + 15;
+            memset(row, 0, 15 * sizeof(float));
+            memset(xin + L, 0, VW * sizeof(float)); /* read by the last vector, never stored */
+            float yv[VW];
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < nrows_b * E; r++) {
+                const int64_t e = r % E;
+                const size_t off = (size_t)r * (size_t)L;
+                for (int64_t l = 0; l < L; l++) {
+                    const int64_t src = reverse ? L - 1 - l : l;
+                    xin[l] = bf16_io ? bf16_to_f32(((const uint16_t *)x)[off + src]) : ((const float *)x)[off + src];
+                }
+                const float *we = w + e * K;
+                const float be = bias ? bias[e] : 0.0f;
+                for (int64_t l = 0; l < L; l += VW) {
+                    const int m = L - l < VW ? (int)(L - l) : VW;
+                    vf acc = vsplat(be);
+                    for (int j = 0; j < K; j++) acc += we[j] * loadu(xin + l - (K - 1) + j);
+                    storeu(yv, acc * vsigmoid(acc));
+                    if (bf16_io) {
+                        uint16_t *o = (uint16_t *)out + off + l;
+                        for (int i = 0; i < m; i++) o[i] = f32_to_bf16(yv[i]);
+                    } else {
+                        memcpy((float *)out + off + l, yv, (size_t)m * sizeof(float));
+                    }
+                }
+            }
+            free(row);
+        }
+    }
+    return err;
+}
+
 /* Backward over one chunk for one (batch, channel) row: recompute the chunk's
  * states from the carry `hin` (NULL = zero state), then walk the adjoint from
  * the end of the chunk to its start.  gst holds A_bar_{l+1} * g_{l+1} flowing in
