@@ -72,8 +72,10 @@ class BiMamba(nn.Module):
             setattr(self, f"D{sfx}", d)
 
     def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str, reverse: bool = False) -> torch.Tensor:
-        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L),
-        in reversed time order when ``reverse`` (z is then expected reversed already).
+        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L).
+
+        ``reverse``: scan backwards in time. x is given in forward order (the convolution reads it
+        reversed), z must already be reversed, and the output is in reversed order.
 
         Projections multiply the weight from the left so that every (B, channels, L) tensor is
         produced contiguous: at long L, layout copies otherwise cost more than the scan itself.
