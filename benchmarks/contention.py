@@ -8,7 +8,8 @@ busy (a Python loop). Policies, each in a fresh process because OpenMP reads its
 once at start-up:
 
 * ``spin``: OpenMP's default waiting (``OMP_WAIT_POLICY`` unset), torch's default thread count;
-* ``videomap``: what the ``videomap`` command does: ``OMP_WAIT_POLICY=PASSIVE`` and
+* ``videomap``: what the ``videomap`` command does: passive waiting when other work already
+  keeps CPUs busy at start-up (:func:`videomap.cli.set_wait_policy`), the default otherwise, and
   :func:`videomap.engine.threads.configure_threads` (threads = CPUs in the affinity mask).
 
 Rounds alternate the order of the cases; the median is reported. Targets: with one neighbour,
@@ -33,6 +34,10 @@ POLICIES = ("spin", "videomap")
 
 
 def run_case(policy: str, seconds: float) -> dict:
+    if policy == "videomap":  # what the command does, before torch (and OpenMP) load
+        from videomap.cli import set_wait_policy
+
+        set_wait_policy()
     import torch
 
     from videomap.engine.threads import configure_threads
@@ -67,8 +72,6 @@ def _case(policy: str, seconds: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("OMP_WAIT_POLICY", None)
     env.pop("OMP_NUM_THREADS", None)
-    if policy == "videomap":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run([sys.executable, __file__, "--case", policy, "--seconds", str(seconds)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 for policy in order:
                     res = _case(policy, args.seconds)
                     rates.setdefault((policy, k), []).append(res["clips_per_s"])
-                    info[policy] = res
+                    info.setdefault(policy, {"threads": res["threads"], "waits": {}})["waits"][k] = res["wait_policy"]
                     print(f"round {r} neighbours {k} {policy:<9} {res['clips_per_s']:6.1f} clips/s "
                           f"({res['threads']} threads, wait {res['wait_policy']})", flush=True)
             finally:
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.neighbours:
             rel = f" ({med[(policy, k)] / med[(policy, 0)]:.0%} of alone)" if k and 0 in args.neighbours else ""
             cells.append(f"{med[(policy, k)]:.1f}{rel}")
-        head = f"| {policy} | {info[policy]['threads']} | {info[policy]['wait_policy']} | "
+        waits = ", ".join(f"{w} ({k} busy)" for k, w in sorted(info[policy]["waits"].items()))
+        head = f"| {policy} | {info[policy]['threads']} | {waits} | "
         rows.append(head + " | ".join(cells) + " |")
     table = "\n".join(rows)
     verdicts = []

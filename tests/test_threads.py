@@ -39,16 +39,24 @@ def test_configure_threads_precedence(monkeypatch, restore_threads):
     assert threads.configure_threads(num_workers=0, requested=3) == 3 and torch.get_num_threads() == 3
 
 
-def test_cli_sets_passive_waiting_before_torch_is_imported():
-    code = ("import os, sys; import videomap.cli; assert 'torch' not in sys.modules, 'cli imported torch'; "
-            "from videomap.cli import main; main(['models']) ; print(os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+def test_cli_imports_no_torch_before_choosing_the_wait_policy():
+    code = ("import sys; import videomap.cli; assert 'torch' not in sys.modules, 'cli imported torch'; "
+            "from videomap.cli import main; sys.exit(main(['models']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"  # a value the user exported wins
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "ACTIVE"
+
+
+def test_wait_policy_is_passive_only_next_to_busy_cpus(monkeypatch):
+    from videomap import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli, "busy_cpus", lambda interval=0.2: 0.1)
+    assert cli.set_wait_policy() == "default" and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(cli, "busy_cpus", lambda interval=0.2: 1.0)
+    assert cli.set_wait_policy() == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a value the user exported wins
+    assert cli.set_wait_policy() == "ACTIVE"
+    assert 0.0 <= cli.busy_cpus(0.05) <= (os.cpu_count() or 1)
 
 
 def test_train_threads_is_validated():

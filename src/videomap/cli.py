@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,11 +69,37 @@ def _setup_logging() -> None:
     logging.getLogger("videomap").setLevel(logging.INFO)
 
 
+def busy_cpus(interval: float = 0.2) -> float:
+    """How many CPUs other work keeps busy right now (from /proc/stat over ``interval``); 0 where
+    that cannot be read. Reads no torch, so it can run before OpenMP is loaded."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(interval)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (1.0 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+
+
+def set_wait_policy() -> str:
+    """Pick OpenMP's wait policy before torch loads it (it is read once, at start-up).
+
+    Spinning threads are fastest on an idle machine but collapse next to a busy neighbour
+    (docs/performance.md measures both), so: ``PASSIVE`` when other work already keeps at least
+    half a CPU busy, the runtime's default otherwise. A value the user exported wins. A neighbour
+    that starts later is not seen (see videomap/engine/threads.py)."""
+    if "OMP_WAIT_POLICY" not in os.environ and busy_cpus() >= 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "default")
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: one busy neighbour on the machine otherwise
-    # cuts throughput several-fold. Read once when the runtime loads, so before torch is imported
-    # (see videomap/engine/threads.py); a value the user exported wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_wait_policy()
     args = _parser().parse_args(argv)
     _setup_logging()
     try:

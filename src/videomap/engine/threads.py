@@ -12,11 +12,14 @@ an evaluation process, another user):
   run on (``os.sched_getaffinity``, which respects ``taskset`` and container CPU sets, unlike
   ``os.cpu_count``), less the cores the data-loader workers keep busy.
 
-The ``videomap`` command applies both: it puts ``OMP_WAIT_POLICY=PASSIVE`` in its environment
-before anything imports torch, and calls :func:`configure_threads` for each job. Library users
-export the variable themselves (or set ``os.environ`` before ``import torch``) and call
-:func:`configure_threads`. Explicit settings win: an ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS``
-already in the environment, or ``train.threads`` in a job.
+Passive waiting is not free: alone on the machine, spinning threads train about a quarter faster
+here (docs/performance.md). So the ``videomap`` command measures, before anything imports torch,
+whether other work already keeps CPUs busy and only then sets ``OMP_WAIT_POLICY=PASSIVE``
+(``videomap.cli.set_wait_policy``); a neighbour that starts later is not seen. It calls
+:func:`configure_threads` for each job. Library users export the variable themselves (or set
+``os.environ`` before ``import torch``) and call :func:`configure_threads`. Explicit settings
+win: an ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` already in the environment, or
+``train.threads`` in a job.
 """
 
 from __future__ import annotations
