@@ -4,11 +4,13 @@ and rewriting one section of docs/performance.md."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +64,15 @@ def run_context(machine: dict[str, str], extra: str = "") -> str:
     """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on."""
     parts = [machine["cpu"], f"{machine['cores']} cores", f"torch {machine['torch']}"] + ([extra] if extra else [])
     return "(" + ", ".join(parts) + f", load average after the run {load_average()})"
+
+
+def run_json_case(cmd: list[str], env: dict[str, str], what: str) -> dict:
+    """Run one benchmark case in a fresh process and return the JSON of its last stdout line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"case {what} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def reset_peak_rss() -> bool:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine_summary, run_context, update_doc_section  # noqa: E402
+from _common import REPO, machine_summary, run_context, run_json_case, update_doc_section  # noqa: E402
 
 POLICIES = ("spin", "videomap")
 
@@ -72,12 +72,7 @@ def _case(policy: str, seconds: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("OMP_WAIT_POLICY", None)
     env.pop("OMP_NUM_THREADS", None)
-    proc = subprocess.run([sys.executable, __file__, "--case", policy, "--seconds", str(seconds)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"case {policy} failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_case([sys.executable, __file__, "--case", policy, "--seconds", str(seconds)], env, policy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from _common import (  # noqa: E402
     reset_peak_rss,
     rss_kib,
     run_context,
+    run_json_case,
     update_doc_section,
 )
 
@@ -84,11 +84,7 @@ def _run(args: argparse.Namespace, mode: str, what: str) -> dict:
         # and keeps later ones on its heap, so the resident set would not fall back to the baseline.
         # It slows allocation, hence the separate timing run with the default allocator.
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"case {mode!r} ({what}) failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_case(cmd, env, f"{mode!r} ({what})")
 
 
 def main(argv: list[str] | None = None) -> int:
