@@ -43,7 +43,7 @@ def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save
         out = op.Add(out, op.Mul(u, op.Unsqueeze(D, axes(-1))))
     if z is not None:
         out = op.Mul(out, op.Mul(z, op.Sigmoid(z)))
-    return out, last, op.Constant(value_floats=[])
+    return out, last, op.ConstantOfShape(axes(0))  # no chunk states: an empty float tensor
 
 
 def onnx_translation_table() -> dict[Any, Any]:
