@@ -10,12 +10,11 @@ everything else uses the PyTorch version below, which autograd and tracing under
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 
 from . import cpu_build
+from .cpu_scan import check_rc, ptr
 
 
 def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -50,13 +49,8 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     out = torch.empty_like(x)
     w = weight.detach().reshape(weight.shape[0], -1).float().contiguous()
     b = None if bias is None else bias.detach().float().contiguous()
-    def ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
-        return None if t is None else ctypes.c_void_p(t.data_ptr())
-
     rc = cpu_build.get_kernel().lib.vm_conv_silu(
         ptr(x), ptr(w), ptr(b), x.shape[0], x.shape[1], x.shape[2], w.shape[1], ptr(out),
         int(x.dtype == torch.bfloat16), int(reverse), torch.get_num_threads())
-    if rc != 0:
-        raise MemoryError("causal_conv1d_silu kernel: out of memory") if rc == -1 else RuntimeError(
-            f"causal_conv1d_silu kernel failed with code {rc}")
+    check_rc(rc, "causal_conv1d_silu")
     return out

@@ -15,7 +15,7 @@ _LANES = 16  # the kernel's state vector width; N is zero-padded up to a multipl
 MAX_STATE = 256  # NBMAX * VW in the C source; larger d_state goes to the PyTorch path
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
+def ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
@@ -31,11 +31,11 @@ def _time_major(x: torch.Tensor, np_: int) -> torch.Tensor:
     return xt.contiguous()
 
 
-def _check(rc: int, what: str) -> None:
+def check_rc(rc: int, what: str) -> None:
     if rc == -1:
-        raise MemoryError(f"selective_scan kernel: out of memory in {what}")
+        raise MemoryError(f"videomap C kernel: out of memory in {what}")
     if rc != 0:
-        raise RuntimeError(f"selective_scan kernel: {what} failed with code {rc}")
+        raise RuntimeError(f"videomap C kernel: {what} failed with code {rc}")
 
 
 def carries_numel(kern_chunk: int, bsz: int, dim: int, seqlen: int, nstate: int) -> int:
@@ -63,11 +63,11 @@ def kernel_forward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softplu
                           dtype=torch.float32)
     scan = kern.lib.vm_scan_fwd_bf16 if u.dtype == torch.bfloat16 else kern.lib.vm_scan_fwd
     rc = scan(
-        _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-        int(softplus), bsz, dim, seqlen, np_, _ptr(out), _ptr(last), _ptr(carries) if save_carries else None,
+        ptr(u), ptr(delta), ptr(A_p), ptr(Bt), ptr(Ct), ptr(D), ptr(z), ptr(delta_bias),
+        int(softplus), bsz, dim, seqlen, np_, ptr(out), ptr(last), ptr(carries) if save_carries else None,
         torch.get_num_threads(),
     )
-    _check(rc, "forward")
+    check_rc(rc, "selective_scan forward")
     if np_ != nstate:
         last = last[..., :nstate].contiguous()
     return out, last, carries
@@ -93,12 +93,12 @@ def kernel_backward(kern: KernelLib, u, delta, A, B, C, D, z, delta_bias, softpl
         dD, dbias = u.new_empty(dim), u.new_empty(dim)
         dz = torch.empty_like(u) if z is not None else None
         rc = kern.lib.vm_scan_bwd(
-            _ptr(u), _ptr(delta), _ptr(A_p), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-            int(softplus), bsz, dim, seqlen, np_, _ptr(carries), _ptr(dout), _ptr(dlast),
-            _ptr(du), _ptr(ddelta), _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD), _ptr(dz), _ptr(dbias),
+            ptr(u), ptr(delta), ptr(A_p), ptr(Bt), ptr(Ct), ptr(D), ptr(z), ptr(delta_bias),
+            int(softplus), bsz, dim, seqlen, np_, ptr(carries), ptr(dout), ptr(dlast),
+            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dbias),
             torch.get_num_threads(),
         )
-        _check(rc, "backward")
+        check_rc(rc, "selective_scan backward")
     dB = dBt[..., :nstate].transpose(1, 2)
     dC = dCt[..., :nstate].transpose(1, 2)
     return (

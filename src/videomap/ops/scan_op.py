@@ -85,10 +85,11 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 def _backward_impl(u, delta, A, B, C, D, z, delta_bias, softplus, carries, dout, dlast):
     nstate = A.shape[1]
-    if carries.numel() != _carries_numel(op_backend(u, nstate), u, nstate):
+    backend = op_backend(u, nstate)
+    if carries.numel() != _carries_numel(backend, u, nstate):
         raise RuntimeError("selective_scan backward: the forward pass saved no chunk states "
                            "(it ran with gradients disabled)")
-    if op_backend(u, nstate) == "cpu-kernel":
+    if backend == "cpu-kernel":
         grads = kernel_backward(cpu_build.get_kernel(), u, delta, A, B, C, D, z, delta_bias, softplus,
                                 carries, dout, dlast)
     else:
