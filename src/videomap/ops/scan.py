@@ -2,26 +2,24 @@
 
 Backends, picked per call from the input tensors:
 
-* ``"cuda-mamba_ssm"``: CUDA tensors when mamba_ssm's compiled extension imports.
+* ``"cuda-mamba_ssm"``: CUDA tensors when mamba_ssm's compiled extension imports (fp16/bf16
+  sequences are passed to it as they are, for training too, as mamba_ssm itself does).
 * ``"cpu-kernel"``: CPU tensors (fp32/fp16/bf16, computed in fp32) through the C kernel
   compiled on first use.
 * ``"torch"``: everything else -- float64 on CPU, CUDA without mamba_ssm, other devices,
   ``VIDEOMAP_DISABLE_KERNEL=1``, or when no C compiler is available.
 
-The CPU kernel and the PyTorch path run through the registered operator of :mod:`.scan_op`, so
-``torch.compile``/``torch.export`` keep the scan as one node. Under ``torch.compile`` CUDA
-tensors take that operator's PyTorch path too (mamba_ssm's function is not a registered op).
+All three run through the registered operator of :mod:`.scan_op`, so ``torch.compile`` and
+``torch.export`` keep the scan as one node whichever backend runs it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 
 import torch
 
-from . import cpu_build, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
+from . import cpu_build, cuda_scan, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
 from ._checks import check_inputs, compute_dtype, no_autocast
 from .cpu_scan import MAX_STATE
 
@@ -29,18 +27,6 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("cuda-mamba_ssm", "cpu-kernel", "torch")
 _logged: set[str] = set()
-
-
-@functools.cache
-def _mamba_cuda_fn() -> Callable | None:
-    """mamba_ssm's selective_scan_fn, but only if its compiled CUDA module really imports
-    (``import mamba_ssm`` alone succeeds on installs whose extension failed to build)."""
-    try:
-        import selective_scan_cuda  # noqa: F401
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or an OSError/RuntimeError from a broken CUDA build
-        return None
-    return selective_scan_fn
 
 
 def _resolve(device_or_tensor) -> tuple[torch.device, torch.dtype | None]:
@@ -55,7 +41,7 @@ def _choose(device: torch.device, dtype: torch.dtype | None) -> tuple[str, str]:
     """(backend, reason) for tensors on ``device`` with ``dtype`` (None: a floating type other
     than float64)."""
     if device.type == "cuda":
-        if _mamba_cuda_fn() is not None:
+        if cuda_scan.cuda_module() is not None:
             return "cuda-mamba_ssm", "mamba_ssm CUDA extension"
         return "torch", "CUDA tensors but mamba_ssm's selective_scan_cuda does not import"
     if device.type != "cpu":
@@ -118,24 +104,28 @@ def selective_scan(
         if backend == "cpu-kernel" and A.shape[1] > MAX_STATE:
             backend, reason = "torch", f"d_state {A.shape[1]} > {MAX_STATE} (the C kernel's limit)"
         _log_once(backend, reason)
-        if backend == "cuda-mamba_ssm":
-            fn = _mamba_cuda_fn()
-            return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     in_dtype = u.dtype
     ct = compute_dtype(u)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    # bf16 sequences on CPU for inference go to the operator as they are (it reads them chunk by
-    # chunk); everything else, and anything to differentiate, is computed from fp32 copies
-    low = (not save and u.device.type == "cpu"
-           and all(t.dtype == torch.bfloat16 for t in (u, delta, z) if t is not None))
+    # Half-precision sequences go to the operator as they are where the backend reads them: bf16
+    # on CPU for inference (the kernel reads it chunk by chunk), fp16/bf16 u, delta, z, B, C on
+    # CUDA with mamba_ssm (which trains in them). Everything else is computed from fp32 copies.
+    half = (u.dtype in (torch.float16, torch.bfloat16)
+            and all(t.dtype == u.dtype for t in (delta, z) if t is not None))
+    if u.device.type == "cuda" and cuda_scan.cuda_module() is not None:
+        keep = (0, 1, 3, 4, 6) if half else ()
+    elif u.device.type == "cpu" and not save and half and u.dtype == torch.bfloat16:
+        keep = (0, 1, 6)
+    else:
+        keep = ()
     with no_autocast(u.device.type):
 
-        def prep(t: torch.Tensor | None, keep_bf16: bool = False) -> torch.Tensor | None:
-            return None if t is None else t.to(torch.bfloat16 if keep_bf16 else ct).contiguous()
+        def prep(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+            return None if t is None else t.to(u.dtype if i in keep else ct).contiguous()
 
-        args = [prep(t, low and i in (0, 1, 6)) for i, t in enumerate(inputs)]  # u, delta, z
+        args = [prep(t, i) for i, t in enumerate(inputs)]  # keep: u, delta, (B, C,) z
         out, last, _ = torch.ops.videomap.selective_scan_fwd(*args, bool(delta_softplus), save)
     out = out.to(in_dtype)
     return (out, last.to(in_dtype)) if return_last_state else out

@@ -3,13 +3,16 @@ and ``..._bwd``, with fake (shape-only) implementations and autograd registered 
 
 Registering it is what lets ``torch.compile(fullgraph=True)`` and ``torch.export`` see the scan
 as one opaque node instead of tracing into ctypes calls they cannot follow. The real
-implementation picks its backend when it runs: the C kernel for CPU tensors when it is built
-(fp32), else the chunked PyTorch scan (float64, CUDA, other devices, no compiler). Inputs are
+implementation picks its backend when it runs: mamba_ssm's compiled extension for CUDA tensors
+when it imports (:mod:`.cuda_scan`), the C kernel for CPU tensors when it is built (fp32), else
+the chunked PyTorch scan (float64, CUDA without mamba_ssm, other devices, no compiler). Inputs are
 expected already prepared (contiguous; fp32 or fp64, except that u, delta and z may all be bf16
-for inference); :func:`videomap.ops.selective_scan` does that.
+for CPU inference, and u, delta, z, B, C may be fp16/bf16 for mamba_ssm, which trains in them);
+:func:`videomap.ops.selective_scan` does that.
 
 The chunk states saved for backward travel as a flat tensor whose length depends on the backend
-(one state per 64 steps in C, one per PyTorch chunk otherwise), so a traced graph is tied to the
+(one state per 64 steps in C, per 2048 steps plus the pre-gate output in mamba_ssm, one per
+PyTorch chunk otherwise), so a traced graph is tied to the
 backend it was traced for; the fake implementation asks the same question the real one does.
 """
 
@@ -18,22 +21,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import cpu_build
+from . import cpu_build, cuda_scan
 from ._checks import no_autocast
 from .cpu_scan import MAX_STATE, carries_numel, kernel_backward, kernel_forward
 from .torch_scan import chunk_len, scan_backward, scan_forward
 
 
 def op_backend(u: Tensor, nstate: int) -> str:
-    """``"cpu-kernel"`` or ``"torch"``: what the operator runs for inputs like ``u``."""
+    """``"cuda-mamba_ssm"``, ``"cpu-kernel"`` or ``"torch"``: what the operator runs for inputs like ``u``."""
+    if u.device.type == "cuda" and cuda_scan.cuda_module() is not None:
+        return "cuda-mamba_ssm"
     if (u.device.type == "cpu" and u.dtype in (torch.float32, torch.bfloat16) and nstate <= MAX_STATE
             and not cpu_build.kernel_disabled() and cpu_build.get_kernel() is not None):
         return "cpu-kernel"
     return "torch"
 
 
-def _carries_numel(backend: str, u: Tensor, nstate: int) -> int:
+def _carries_numel(backend: str, u: Tensor, nstate: int, has_z: bool) -> int:
     bsz, dim, seqlen = u.shape
+    if backend == "cuda-mamba_ssm":
+        return cuda_scan.carries_numel(bsz, dim, seqlen, nstate, has_z)
     if backend == "cpu-kernel":
         return carries_numel(cpu_build.get_kernel().chunk, bsz, dim, seqlen, nstate)
     k = chunk_len(bsz, dim, nstate, seqlen)
@@ -54,22 +61,27 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries):
-    low = u.dtype == torch.bfloat16  # bf16 u/delta/z/out: inference only, the scan is fp32 inside
+    backend = op_backend(u, A.shape[1])
+    if backend == "cuda-mamba_ssm":
+        return cuda_scan.forward(cuda_scan.cuda_module(), u, delta, A, B, C, D, z, delta_bias, softplus, save_carries)
+    low = u.dtype in (torch.bfloat16, torch.float16)  # half u/delta/z/out: inference only, fp32 inside
     if low and save_carries:
-        raise ValueError("selective_scan_fwd: bf16 u/delta/z are for inference; pass fp32 to train")
-    if op_backend(u, A.shape[1]) == "cpu-kernel":
+        raise ValueError("selective_scan_fwd: half-precision u/delta/z are for inference; pass fp32 to train")
+    if backend == "cpu-kernel":
         return kernel_forward(cpu_build.get_kernel(), u, delta, A, B, C, D, z, delta_bias, softplus, save_carries)
+    dtype = u.dtype
     if low:
         u, delta, z = u.float(), delta.float(), None if z is None else z.float()
     out, last, carries = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries)
-    return (out.bfloat16() if low else out), last, (carries.reshape(-1) if carries is not None else _empty(u))
+    return out.to(dtype), last, (carries.reshape(-1) if carries is not None else _empty(u))
 
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_carries):
     nstate = A.shape[1]
-    n = _carries_numel(op_backend(u, nstate), u, nstate) if save_carries else 0
-    state_dtype = torch.float32 if u.dtype == torch.bfloat16 else u.dtype
+    backend = op_backend(u, nstate)
+    n = _carries_numel(backend, u, nstate, z is not None) if save_carries else 0
+    state_dtype = torch.float32 if u.dtype in (torch.bfloat16, torch.float16) else u.dtype
     return (torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], nstate, dtype=state_dtype),
             u.new_empty(n, dtype=state_dtype))
 
@@ -86,10 +98,13 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 def _backward_impl(u, delta, A, B, C, D, z, delta_bias, softplus, carries, dout, dlast):
     nstate = A.shape[1]
     backend = op_backend(u, nstate)
-    if carries.numel() != _carries_numel(backend, u, nstate):
+    if carries.numel() != _carries_numel(backend, u, nstate, z is not None):
         raise RuntimeError("selective_scan backward: the forward pass saved no chunk states "
                            "(it ran with gradients disabled)")
-    if backend == "cpu-kernel":
+    if backend == "cuda-mamba_ssm":
+        grads = cuda_scan.backward(cuda_scan.cuda_module(), u, delta, A, B, C, D, z, delta_bias, softplus,
+                                   carries, dout, dlast)
+    elif backend == "cpu-kernel":
         grads = kernel_backward(cpu_build.get_kernel(), u, delta, A, B, C, D, z, delta_bias, softplus,
                                 carries, dout, dlast)
     else:
