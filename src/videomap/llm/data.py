@@ -1,0 +1,442 @@
+"""Instruction data for the Video-LLM: LLaVA / Video-ChatGPT JSON, media loading and batching.
+
+Annotation file
+    A JSON list (or JSON Lines, one object per line) of samples::
+
+        {"id": "v_123", "video": "videos/v_123.mp4",
+         "conversations": [{"from": "human", "value": "<video>\\nWhat happens?"},
+                           {"from": "gpt", "value": "A bar moves to the left."}]}
+
+    with ``"image"`` instead of ``"video"`` for an image sample and neither for a text-only one;
+    media paths are relative to ``media_root``. Every entry is checked when the dataset is built
+    (a broken file should fail at start-up, not hours into an epoch): errors name the file, the
+    entry index and what was expected.
+
+Media
+    Videos are decoded with :mod:`videomap.data` exactly like the fine-tuning pipeline: segment
+    sampling of ``num_frames`` frames; in ``mode="train"`` a random frame per segment and one random
+    resized crop for the whole clip, in ``mode="test"`` the segment centres, a short-side resize and
+    a centre crop; then ImageNet normalisation. A video is ``(3, T, H, W)``, an image ``(3, H, W)``
+    (read with Pillow when installed, PyAV otherwise). No horizontal flip by default: instructions
+    talk about left and right.
+
+Bad samples
+    Unreadable media (missing, empty, truncated, not a video, too few frames) and conversations
+    that cannot fit ``max_length`` follow :class:`videomap.data.VideoClsDataset`'s rules: warned
+    once, recorded in a cross-process :class:`~videomap.data.BadSampleRegistry`, replaced by the
+    next usable entry (deterministic), and a :class:`~videomap.data.BadDataError` once more than
+    ``max_bad_fraction`` of the file is bad.
+
+Determinism
+    The random choices of item ``i`` come from a generator seeded with ``(seed, epoch, i)``; the
+    epoch is shared with DataLoader workers (:meth:`VideoInstructionDataset.set_epoch`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data.dataset import BadDataError, BadSample, BadSampleRegistry, format_bad_samples
+from ..data.decode import IMAGE_EXTENSIONS, VideoDecodeError, open_video
+from ..data.sampling import sample_clip_indices
+from ..data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    normalize,
+    random_hflip,
+    random_resized_crop,
+    resize_short_side,
+)
+from ..seeding import sample_seed
+from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VIDEO_PLACEHOLDER, VIDEO_TOKEN_INDEX
+from .conversation import ConversationTooLongError, normalize_conversation, tokenize_conversation
+
+try:  # Pillow is optional; PyAV decodes still images too
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover - depends on the environment
+    _PILImage = None
+
+__all__ = [
+    "MODES",
+    "VideoInstructionDataset",
+    "collate_instructions",
+    "is_image_path",
+    "load_image",
+    "load_video",
+    "read_instruction_file",
+]
+
+logger = logging.getLogger("videomap.data")
+
+MODES = ("train", "test")
+_MEDIA_KEYS = ("video", "image")
+
+
+# ---------------------------------------------------------------------------------------------
+# media loading (shared with evaluation and chat)
+# ---------------------------------------------------------------------------------------------
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for still-image files (by extension); folders of frames count as videos."""
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+
+
+def _transform(clip: torch.Tensor, img_size: int, mode: str, generator: torch.Generator | None,
+               short_side: int | None, crop_scale: tuple[float, float], flip: bool,
+               mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(3, T, H, W)`` -> normalised float ``(3, T, img_size, img_size)``."""
+    if mode == "train":
+        clip = random_resized_crop(clip, img_size, crop_scale, (3 / 4, 4 / 3), generator)
+        if flip:
+            clip = random_hflip(clip, 0.5, generator)
+    else:
+        clip = center_crop(resize_short_side(clip, short_side or img_size), img_size)
+    return normalize(clip, mean, std)
+
+
+def load_video(path: str | os.PathLike, num_frames: int = 8, img_size: int = 224, mode: str = "test", *,
+               generator: torch.Generator | None = None, short_side: int | None = None,
+               crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False, min_frames: int = 1,
+               backend: str = "pyav", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+               ) -> torch.Tensor:
+    """Decode ``num_frames`` frames (segment sampling) of a video file or frame folder into a
+    normalised float ``(3, T, img_size, img_size)`` clip; raises ``VideoDecodeError``."""
+    _check_mode(mode)
+    path = os.fspath(path)
+    reader = open_video(path, backend)
+    try:
+        n = reader.num_frames
+        if n < min_frames:
+            raise VideoDecodeError(path, f"too short: {n} frame(s), need at least {min_frames}")
+        indices = sample_clip_indices(n, num_frames, "segment", train=mode == "train", generator=generator)
+        frames = reader.get_frames(indices)  # (T, H, W, 3) uint8
+    finally:
+        reader.close()
+    return _transform(frames.permute(3, 0, 1, 2), img_size, mode, generator, short_side, crop_scale, flip, mean, std)
+
+
+def _read_image(path: str) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB; any failure is a ``VideoDecodeError`` naming the file."""
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, expected an image file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "zero-byte file")
+    try:
+        if _PILImage is not None:
+            import numpy as np
+
+            with _PILImage.open(path) as img:
+                array = np.asarray(img.convert("RGB")).copy()
+            return torch.from_numpy(array)
+        import av
+
+        with av.open(path) as container:
+            frame = next(container.decode(video=0))
+            return torch.from_numpy(frame.to_ndarray(format="rgb24").copy())
+    except VideoDecodeError:
+        raise
+    except Exception as exc:  # PIL.UnidentifiedImageError, truncated data, FFmpeg errors, StopIteration
+        text = str(exc).strip().splitlines()[0].replace(path, "<file>") if str(exc).strip() else ""
+        raise VideoDecodeError(path, f"cannot decode image ({type(exc).__name__}{': ' + text if text else ''})"
+                               ) from None
+
+
+def load_image(path: str | os.PathLike, img_size: int = 224, mode: str = "test", *,
+               generator: torch.Generator | None = None, short_side: int | None = None,
+               crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Read a still image into a normalised float ``(3, img_size, img_size)`` tensor with the same
+    geometry as :func:`load_video`; raises ``VideoDecodeError``."""
+    _check_mode(mode)
+    clip = _read_image(os.fspath(path)).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
+    return _transform(clip, img_size, mode, generator, short_side, crop_scale, flip, mean, std)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# annotation file
+# ---------------------------------------------------------------------------------------------
+def read_instruction_file(json_file: str | os.PathLike) -> list[dict]:
+    """Entries of a LLaVA / Video-ChatGPT instruction file, each checked (``ValueError`` naming the
+    file, the entry index and what was expected)."""
+    json_file = os.fspath(json_file)
+    try:
+        with open(json_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read instruction file {json_file}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as first:
+        data = []  # JSON Lines?
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{json_file}: not valid JSON or JSON Lines ({first.msg} at line {first.lineno}; "
+                                 f"line {n} is not a JSON object either)") from None
+    if isinstance(data, Mapping):
+        raise ValueError(f"{json_file}: expected a JSON list of samples, got an object with keys {sorted(data)[:5]}")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{json_file}: expected a non-empty list of samples")
+    for index, entry in enumerate(data):
+        _check_entry(json_file, index, entry)
+    return data
+
+
+def _check_entry(json_file: str, index: int, entry: Any) -> None:
+    where = f"{json_file}: entry {index}"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: expected an object with 'conversations', got {type(entry).__name__}")
+    if "id" in entry:
+        where += f" (id {entry['id']!r})"
+    media = [k for k in _MEDIA_KEYS if entry.get(k) is not None]
+    if len(media) > 1:
+        raise ValueError(f"{where}: has both 'video' and 'image'; expected at most one media file per sample")
+    for key in media:
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise ValueError(f"{where}: expected '{key}' to be a relative path string, got {entry[key]!r:.80}")
+    if "conversations" not in entry:
+        raise ValueError(f"{where}: missing 'conversations' (expected a list of human/gpt turns)")
+    messages = normalize_conversation(entry["conversations"], where)
+    text = "".join(m["content"] for m in messages if m["role"] == "user")
+    counts = {VIDEO_PLACEHOLDER: text.count(VIDEO_PLACEHOLDER), IMAGE_PLACEHOLDER: text.count(IMAGE_PLACEHOLDER)}
+    expected = {VIDEO_PLACEHOLDER: int("video" in media), IMAGE_PLACEHOLDER: int("image" in media)}
+    if counts != expected:
+        what = f"a '{media[0]}' file" if media else "no media file"
+        raise ValueError(
+            f"{where}: has {what}, so expected {expected[VIDEO_PLACEHOLDER]} {VIDEO_PLACEHOLDER} and "
+            f"{expected[IMAGE_PLACEHOLDER]} {IMAGE_PLACEHOLDER} in the human turns, found "
+            f"{counts[VIDEO_PLACEHOLDER]} and {counts[IMAGE_PLACEHOLDER]}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset
+# ---------------------------------------------------------------------------------------------
+class VideoInstructionDataset(Dataset):
+    """Conversations with an optional video or image, tokenized for training (see module docstring).
+
+    Items are dicts ``{"input_ids", "labels"}`` (1-D LongTensors from
+    :func:`~videomap.llm.conversation.tokenize_conversation`), ``"video"`` ``(3, T, H, W)`` or
+    ``None``, ``"image"`` ``(3, H, W)`` or ``None``, and ``"index"``: the entry actually loaded
+    (the replacement when entry ``i`` was unusable).
+    """
+
+    def __init__(
+        self,
+        json_file: str | os.PathLike,
+        tokenizer: Any,
+        media_root: str | os.PathLike = "",
+        num_frames: int = 8,
+        img_size: int = 224,
+        mode: str = "train",
+        max_length: int | None = None,
+        max_bad_fraction: float = 0.1,
+        seed: int = 0,
+        system: str | None = None,
+        short_side: int | None = None,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        flip: bool = False,
+        min_frames: int | None = None,
+        backend: str = "pyav",
+        bad_sample_dir: str | os.PathLike | None = None,
+    ) -> None:
+        _check_mode(mode)
+        if num_frames < 1 or img_size < 1:
+            raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be >= 2 or None, got {max_length}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.json_file = os.fspath(json_file)
+        self.entries = read_instruction_file(self.json_file)
+        self.tokenizer = tokenizer
+        self.media_root = os.fspath(media_root)
+        self.num_frames = int(num_frames)
+        self.img_size = int(img_size)
+        self.mode = mode
+        self.max_length = None if max_length is None else int(max_length)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.seed = int(seed)
+        self.system = system
+        self.short_side = short_side
+        if short_side is not None and short_side < img_size:
+            raise ValueError(f"short_side ({short_side}) must be >= img_size ({img_size})")
+        self.crop_scale = tuple(crop_scale)
+        self.flip = bool(flip)
+        self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
+        self.backend = backend
+        self.registry = BadSampleRegistry(bad_sample_dir)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._local_bad: set[int] = set()
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream; visible to already-running DataLoader workers."""
+        self._epoch.fill_(int(epoch))
+
+    def modality(self, index: int) -> str | None:
+        """"video", "image" or ``None`` (text only) for entry ``index``."""
+        entry = self.entries[index]
+        return next((k for k in _MEDIA_KEYS if entry.get(k) is not None), None)
+
+    def media_path(self, index: int) -> str | None:
+        kind = self.modality(index)
+        return None if kind is None else os.path.join(self.media_root, self.entries[index][kind])
+
+    def bad_samples(self) -> list[BadSample]:
+        """Every unusable sample found so far by any process, sorted by index."""
+        return self.registry.samples()
+
+    def bad_sample_summary(self, limit: int | None = 20) -> str:
+        return format_bad_samples(self.bad_samples(), limit)
+
+    def check_bad_fraction(self) -> None:
+        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the file is unusable."""
+        count = self.registry.count()
+        limit = self.max_bad_fraction * len(self)
+        if count > limit:
+            raise BadDataError(
+                f"{self.json_file}: {count} of {len(self)} samples are unusable ({count / len(self):.1%}), more "
+                f"than max_bad_fraction={self.max_bad_fraction:g} (at most {int(limit)} allowed); check the file "
+                f"and the media root {self.media_root!r}.\n{format_bad_samples(self.bad_samples(), limit=5)}"
+            )
+
+    def _report_bad(self, index: int, path: str, reason: str) -> None:
+        self._local_bad.add(index)
+        if self.registry.record(BadSample(index, path, reason, self.epoch)):
+            logger.warning("unusable sample %d (%s): %s; substituting the next usable sample", index, path, reason)
+        self.check_bad_fraction()
+
+    def _known_bad(self, index: int) -> bool:
+        return index in self._local_bad or self.registry.contains(index)
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self, index: int, generator: torch.Generator | None = None) -> dict:
+        """Entry ``index`` without bad-sample handling (raises ``VideoDecodeError`` /
+        :class:`~videomap.llm.conversation.ConversationTooLongError`)."""
+        entry = self.entries[index]
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        input_ids, labels = tokenize_conversation(
+            self.tokenizer, entry["conversations"], system=self.system, max_length=self.max_length,
+            source=f"{self.json_file}: entry {index}",
+        )
+        item = {"input_ids": input_ids, "labels": labels, "video": None, "image": None, "index": index}
+        kind, path = self.modality(index), self.media_path(index)
+        common = dict(generator=generator, short_side=self.short_side, crop_scale=self.crop_scale, flip=self.flip)
+        if kind == "video":
+            item["video"] = load_video(path, self.num_frames, self.img_size, self.mode, min_frames=self.min_frames,
+                                       backend=self.backend, **common)
+        elif kind == "image":
+            item["image"] = load_image(path, self.img_size, self.mode, **common)
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        index = int(index) % n
+        epoch = self.epoch
+        current = index
+        for _ in range(n):
+            if not self._known_bad(current):
+                extra = () if current == index else (current,)
+                g = torch.Generator()
+                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
+                try:
+                    return self.load(current, g)
+                except VideoDecodeError as err:
+                    path = self.media_path(current) or ""
+                    self._report_bad(current, path, err.reason if err.path == path else f"{err.path}: {err.reason}")
+                except ConversationTooLongError as err:
+                    self._report_bad(current, self.media_path(current) or f"{self.json_file}#{current}", err.reason)
+            current = (current + 1) % n
+        self.check_bad_fraction()
+        raise BadDataError(f"{self.json_file}: no usable sample in the whole file")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(json_file={self.json_file!r}, samples={len(self)}, mode={self.mode!r}, "
+                f"num_frames={self.num_frames}, img_size={self.img_size})")
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+# ---------------------------------------------------------------------------------------------
+def _media_list(items: Sequence[Mapping], key: str, token: int, dims: int) -> list[torch.Tensor]:
+    out = []
+    for n, item in enumerate(items):
+        count = int((torch.as_tensor(item["input_ids"]) == token).sum())
+        media = item.get(key)
+        if media is None:
+            tensors = []
+        elif media.dim() == dims:
+            tensors = [media]
+        elif media.dim() == dims + 1:  # several media of one kind in one sample
+            tensors = list(media.unbind(0))
+        else:
+            raise ValueError(f"item {n}: expected '{key}' of {dims} dims (or {dims + 1} for several), "
+                             f"got shape {tuple(media.shape)}")
+        if len(tensors) != count:
+            raise ValueError(f"item {n}: {count} {key} placeholder(s) in input_ids but {len(tensors)} {key}(s)")
+        out += tensors
+    shapes = {tuple(t.shape) for t in out}
+    if len(shapes) > 1:
+        raise ValueError(f"all {key}s of a batch must have one shape, got {sorted(shapes)}")
+    return out
+
+
+def collate_instructions(items: Sequence[Mapping], pad_token_id: int) -> dict:
+    """Batch dataset items: ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` right-padded
+    (``pad_token_id``, 0, ``IGNORE_INDEX``), ``videos`` ``(Nv, 3, T, H, W)`` and ``images``
+    ``(Ni, 3, H, W)`` (``None`` when the batch has none) in row-major placeholder order, so the k-th
+    placeholder of a kind, reading the batch row by row, takes media ``k``."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    if not isinstance(pad_token_id, int) or pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be a non-negative int, got {pad_token_id!r} "
+                         "(tokenizers without a pad token can pad with eos)")
+    length = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(items):
+        ids = torch.as_tensor(item["input_ids"], dtype=torch.long)
+        n = len(ids)
+        input_ids[row, :n] = ids
+        attention_mask[row, :n] = 1
+        if item.get("labels") is not None:
+            if len(item["labels"]) != n:
+                raise ValueError(f"item {row}: {len(item['labels'])} labels for {n} input ids")
+            labels[row, :n] = torch.as_tensor(item["labels"], dtype=torch.long)
+    videos = _media_list(items, "video", VIDEO_TOKEN_INDEX, 4)
+    images = _media_list(items, "image", IMAGE_TOKEN_INDEX, 3)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "videos": torch.stack(videos) if videos else None,
+        "images": torch.stack(images) if images else None,
+    }
