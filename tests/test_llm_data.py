@@ -16,16 +16,17 @@ pytest.importorskip("transformers")
 from transformers import AutoTokenizer  # noqa: E402
 
 from videomap.data import BadDataError, decode_frames  # noqa: E402
+from videomap.data import media as media_mod  # noqa: E402
+from videomap.data.media import load_image, load_video  # noqa: E402
 from videomap.data.sampling import segment_indices  # noqa: E402
 from videomap.data.transforms import center_crop, normalize, resize_short_side  # noqa: E402
-from videomap.llm import data as data_mod  # noqa: E402
 from videomap.llm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX  # noqa: E402
 from videomap.llm.conversation import (  # noqa: E402
     ConversationTooLongError,
     build_prompt,
     tokenize_conversation,
 )
-from videomap.llm.data import VideoInstructionDataset, collate_instructions, load_image, load_video  # noqa: E402
+from videomap.llm.data import VideoInstructionDataset, collate_instructions  # noqa: E402
 from videomap.llm.qa import (  # noqa: E402
     QAItem,
     contains_answer,
@@ -321,7 +322,7 @@ def test_image_reading_without_pillow_matches(tmp_path, monkeypatch):
     path = tmp_path / "img.png"
     _png(path, 18, 30, seed=1)
     with_pil = load_image(path, 16)
-    monkeypatch.setattr(data_mod, "_PILImage", None)
+    monkeypatch.setattr(media_mod, "_PILImage", None)
     assert torch.equal(load_image(path, 16), with_pil)  # PyAV decodes the lossless PNG identically
 
 

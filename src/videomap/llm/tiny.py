@@ -23,17 +23,23 @@ DEFAULT_CHAT_TEMPLATE = (
 
 def build_word_tokenizer(texts: Iterable[str], directory: str | os.PathLike,
                          chat_template: str | None = DEFAULT_CHAT_TEMPLATE) -> str:
-    """Train a lower-casing word-level tokenizer (punctuation split off) on ``texts``, save it to
+    """Build a lower-casing word-level tokenizer (punctuation split off) from ``texts``, save it to
     ``directory`` and return the path. ``chat_template=None`` saves one without a template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
+    normalizer, pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
     extra = ["user", "assistant", "system", ":"]  # the template's words always have an id
-    tok.train_from_iterator([*texts, " ".join(extra)], trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
+    words: set[str] = set()
+    for text in [*texts, " ".join(extra)]:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    # ids from sorted words: the same text gives the same ids in every process (the library's
+    # trainer breaks frequency ties differently from run to run)
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(words - set(SPECIAL_TOKENS))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
     if chat_template is not None:

@@ -1,0 +1,113 @@
+"""Loading one video or still image into a normalised clip, outside any dataset.
+
+Used wherever a single file is read on request (instruction data, captions, chat, search
+indexing) rather than sampled from an annotation list as :class:`~videomap.data.VideoClsDataset`
+does. Geometry: segment sampling of ``num_frames`` frames; ``mode="train"`` takes a random frame
+per segment and one random resized crop for the whole clip, ``mode="test"`` the segment centres,
+a short-side resize and a centre crop; then ImageNet normalisation. Images are read with Pillow
+when it is installed, PyAV otherwise. No flip by default: text about the clip may say left/right.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from .decode import IMAGE_EXTENSIONS, VideoDecodeError, open_video
+from .sampling import sample_clip_indices
+from .transforms import center_crop, normalize, random_hflip, random_resized_crop, resize_short_side
+
+try:  # Pillow is optional; PyAV decodes still images too
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover - depends on the environment
+    _PILImage = None
+
+MODES = ("train", "test")
+
+__all__ = ["MODES", "is_image_path", "load_image", "load_video"]
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for still-image files (by extension); folders of frames count as videos."""
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+
+
+def _transform(clip: torch.Tensor, img_size: int, mode: str, generator: torch.Generator | None,
+               short_side: int | None, crop_scale: tuple[float, float], flip: bool,
+               mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(3, T, H, W)`` -> normalised float ``(3, T, img_size, img_size)``."""
+    if mode == "train":
+        clip = random_resized_crop(clip, img_size, crop_scale, (3 / 4, 4 / 3), generator)
+        if flip:
+            clip = random_hflip(clip, 0.5, generator)
+    else:
+        clip = center_crop(resize_short_side(clip, short_side or img_size), img_size)
+    return normalize(clip, mean, std)
+
+
+def load_video(path: str | os.PathLike, num_frames: int = 8, img_size: int = 224, mode: str = "test", *,
+               generator: torch.Generator | None = None, short_side: int | None = None,
+               crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False, min_frames: int = 1,
+               backend: str = "pyav", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+               ) -> torch.Tensor:
+    """Decode ``num_frames`` frames (segment sampling) of a video file or frame folder into a
+    normalised float ``(3, T, img_size, img_size)`` clip; raises ``VideoDecodeError``."""
+    _check_mode(mode)
+    path = os.fspath(path)
+    reader = open_video(path, backend)
+    try:
+        n = reader.num_frames
+        if n < min_frames:
+            raise VideoDecodeError(path, f"too short: {n} frame(s), need at least {min_frames}")
+        indices = sample_clip_indices(n, num_frames, "segment", train=mode == "train", generator=generator)
+        frames = reader.get_frames(indices)  # (T, H, W, 3) uint8
+    finally:
+        reader.close()
+    return _transform(frames.permute(3, 0, 1, 2), img_size, mode, generator, short_side, crop_scale, flip, mean, std)
+
+
+def _read_image(path: str) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB; any failure is a ``VideoDecodeError`` naming the file."""
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, expected an image file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "zero-byte file")
+    try:
+        if _PILImage is not None:
+            import numpy as np
+
+            with _PILImage.open(path) as img:
+                array = np.asarray(img.convert("RGB")).copy()
+            return torch.from_numpy(array)
+        import av
+
+        with av.open(path) as container:
+            frame = next(container.decode(video=0))
+            return torch.from_numpy(frame.to_ndarray(format="rgb24").copy())
+    except VideoDecodeError:
+        raise
+    except Exception as exc:  # PIL.UnidentifiedImageError, truncated data, FFmpeg errors, StopIteration
+        text = str(exc).strip().splitlines()[0].replace(path, "<file>") if str(exc).strip() else ""
+        raise VideoDecodeError(path, f"cannot decode image ({type(exc).__name__}{': ' + text if text else ''})"
+                               ) from None
+
+
+def load_image(path: str | os.PathLike, img_size: int = 224, mode: str = "test", *,
+               generator: torch.Generator | None = None, short_side: int | None = None,
+               crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Read a still image into a normalised float ``(3, img_size, img_size)`` tensor with the same
+    geometry as :func:`load_video`; raises ``VideoDecodeError``."""
+    _check_mode(mode)
+    clip = _read_image(os.fspath(path)).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
+    return _transform(clip, img_size, mode, generator, short_side, crop_scale, flip, mean, std)[:, 0]

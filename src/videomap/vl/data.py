@@ -1,0 +1,534 @@
+"""Video-text data: caption files, the training dataset, batching and the retrieval evaluation set.
+
+Caption file
+    A JSON list (or JSON Lines, one object per line) in the layout of the UMT / VINDLU / VideoMamba
+    ``video_mm`` annotation files::
+
+        {"video": "video7020.mp4", "caption": "a woman is cooking"}                   # MSRVTT 1k test
+        {"video": "v_x.mp4", "caption": ["a man walks in.", "he sits down."]}         # several captions /
+                                                                                     # DiDeMo, ActivityNet
+        {"image": "coco/1.jpg", "caption": "a dog on a sofa"}                         # image-text corpora
+        {"video": ["a.webm", "b.webm"], "caption": "pushing something left"}         # one text, several
+                                                                                     # ground-truth videos (SSv2)
+
+    Media paths are relative to ``media_root`` (absolute paths pass through); other keys are ignored.
+    Every entry is checked when the file is read, and errors name the file, the entry and what was
+    expected, so a broken file fails at start-up.
+
+Text
+    Captions are cleaned as in the authors' code (lower case, ``, . ' ! ? " ( ) * # : ; ~`` removed,
+    ``-`` and ``/`` read as spaces, runs of spaces collapsed; ``clean_text=False`` keeps them as
+    written) and tokenized with the model's Hugging Face tokenizer, padded to ``max_text_len`` and
+    truncated. With ``paragraph=True`` a video's captions are joined into one text (DiDeMo and
+    ActivityNet paragraph-to-video retrieval).
+
+Media
+    Decoded by :func:`videomap.data.media.load_video` / :func:`~videomap.data.media.load_image` (segment
+    sampling; random frame per segment and one random resized crop in ``mode="train"``, segment
+    centres and a centre crop in ``mode="test"``). An image is a one-frame video ``(3, 1, H, W)``;
+    image and video samples cannot share a batch (``T`` differs), so keep corpora of each kind in
+    their own loader as the authors do.
+
+Bad samples (training)
+    As :class:`videomap.data.VideoClsDataset`: warned once, recorded in a cross-process
+    :class:`~videomap.data.BadSampleRegistry`, replaced by the next readable sample (deterministic),
+    and :class:`~videomap.data.BadDataError` once more than ``max_bad_fraction`` of the file is bad.
+    The retrieval set cannot substitute (that would change the benchmark): an unreadable video is
+    returned as ``valid=False`` and scored as a miss by :func:`videomap.vl.retrieval.evaluate_retrieval`.
+
+Determinism
+    Item ``i`` of epoch ``e`` draws its caption and its frames/crop from a generator seeded with
+    ``(seed, e, i)``, independent of DataLoader workers; the epoch is shared with running workers
+    (:meth:`VideoCaptionDataset.set_epoch`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data.dataset import BadDataError, BadSample, BadSampleRegistry, format_bad_samples
+from ..data.decode import VideoDecodeError
+from ..data.media import load_image, load_video
+from ..seeding import sample_seed
+
+__all__ = [
+    "CaptionEntry",
+    "MEDIA_TYPES",
+    "RetrievalSet",
+    "VideoCaptionDataset",
+    "clean_caption",
+    "collate_captions",
+    "collate_retrieval_videos",
+    "read_caption_file",
+    "tokenize_texts",
+]
+
+logger = logging.getLogger("videomap.data")
+
+MODES = ("train", "test")
+MEDIA_TYPES = ("auto", "video", "image")
+_MEDIA_KEYS = ("video", "image")
+_DROPPED = re.compile(r"[,.'!?\"()*#:;~]")
+_SPACES = re.compile(r"\s{2,}")
+
+
+# ---------------------------------------------------------------------------------------------
+# captions and caption files
+# ---------------------------------------------------------------------------------------------
+def clean_caption(text: str) -> str:
+    """Caption normalisation of the UMT / VideoMamba text pipeline, so a checkpoint trained there sees
+    the text it was trained on: lower case, no punctuation, hyphen and slash as spaces."""
+    text = _DROPPED.sub("", text.lower())
+    text = text.replace("-", " ").replace("/", " ").replace("<person>", "person")
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class CaptionEntry:
+    """One checked entry: its media files (``media_root`` applied), their kind and its captions."""
+
+    media: tuple[str, ...]
+    kind: str  # "video" or "image"
+    captions: tuple[str, ...]
+    index: int  # position in the file
+
+
+def _read_json_list(json_file: str) -> list:
+    try:
+        with open(json_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read caption file {json_file}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as first:
+        data = []  # JSON Lines?
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{json_file}: not valid JSON or JSON Lines ({first.msg} at line {first.lineno}; "
+                                 f"line {n} is not a JSON object either)") from None
+    if isinstance(data, Mapping):
+        raise ValueError(f"{json_file}: expected a JSON list of {{'video' | 'image', 'caption'}} objects, "
+                         f"got an object with keys {sorted(data)[:5]}")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{json_file}: expected a non-empty list of {{'video' | 'image', 'caption'}} objects")
+    return data
+
+
+def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
+    """A non-empty string or a non-empty list of non-empty strings, as a tuple."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(s, str) and s.strip() for s in items):
+        raise ValueError(f"{where}: expected '{key}' to be a non-empty string or a non-empty list of non-empty "
+                         f"strings, got {value!r:.80}")
+    return tuple(items)
+
+
+def read_caption_file(json_file: str | os.PathLike, media_root: str | os.PathLike = "",
+                      media_type: str = "auto") -> list[CaptionEntry]:
+    """Entries of a caption file (see module docstring), each checked.
+
+    ``media_type="auto"`` takes whichever of ``"video"`` / ``"image"`` an entry has (an entry with both
+    is an error); ``"video"`` or ``"image"`` reads only that key, as the authors' loader does when a
+    corpus is declared as one kind.
+    """
+    if media_type not in MEDIA_TYPES:
+        raise ValueError(f"media_type must be one of {MEDIA_TYPES}, got {media_type!r}")
+    json_file, media_root = os.fspath(json_file), os.fspath(media_root)
+    entries = []
+    for index, entry in enumerate(_read_json_list(json_file)):
+        where = f"{json_file}: entry {index}"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected an object with 'video' or 'image' and 'caption', "
+                             f"got {type(entry).__name__}")
+        keys = [k for k in _MEDIA_KEYS if entry.get(k) is not None] if media_type == "auto" else [media_type]
+        if not keys or entry.get(keys[0]) is None:
+            wanted = "'video' or 'image'" if media_type == "auto" else repr(media_type)
+            raise ValueError(f"{where}: missing {wanted} (expected a media path relative to the media root)")
+        if len(keys) > 1:
+            raise ValueError(f"{where}: has both 'video' and 'image'; pass media_type='video' or 'image' to say "
+                             "which one to read")
+        if "caption" not in entry:
+            raise ValueError(f"{where}: missing 'caption' (expected a string or a list of strings)")
+        kind = keys[0]
+        media = tuple(os.path.join(media_root, p) for p in _strings(entry[kind], where, kind))
+        entries.append(CaptionEntry(media, kind, _strings(entry["caption"], where, "caption"), index))
+    return entries
+
+
+def _texts(entry: CaptionEntry, paragraph: bool, clean: bool) -> list[str]:
+    texts = [" ".join(entry.captions)] if paragraph else list(entry.captions)
+    return [clean_caption(t) for t in texts] if clean else texts
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``(N, max_text_len)``: padded to the fixed length the
+    authors use (so every batch and every evaluation chunk has one shape) and truncated."""
+    if max_text_len < 2:
+        raise ValueError(f"max_text_len must be >= 2 (room for [CLS] and [SEP]), got {max_text_len}")
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; captions are padded to "
+                         f"max_text_len={max_text_len}")
+    out = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_text_len,
+                    return_tensors="pt")
+    return out["input_ids"].long(), out["attention_mask"].long()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+
+
+def _load_media(path: str, kind: str, num_frames: int, img_size: int, mode: str, generator: torch.Generator | None,
+                min_frames: int, backend: str, short_side: int | None, crop_scale: tuple[float, float],
+                flip: bool) -> torch.Tensor:
+    """``(3, T, H, W)`` float clip; an image is a one-frame clip. Raises ``VideoDecodeError``."""
+    common = dict(generator=generator, short_side=short_side, crop_scale=crop_scale, flip=flip)
+    if kind == "image":
+        return load_image(path, img_size, mode, **common).unsqueeze(1)
+    return load_video(path, num_frames, img_size, mode, min_frames=min_frames, backend=backend, **common)
+
+
+# ---------------------------------------------------------------------------------------------
+# training dataset
+# ---------------------------------------------------------------------------------------------
+class VideoCaptionDataset(Dataset):
+    """Video (or image) + one tokenized caption per item (see module docstring).
+
+    One item per media file: an entry listing several videos gives one item each, with the entry's
+    captions. In ``mode="train"`` each item draws one of its captions per epoch (from ``(seed, epoch,
+    index)``); in ``mode="test"`` it takes the first. Items are dicts with ``"video"`` ``(3, T, H, W)``,
+    ``"input_ids"`` / ``"attention_mask"`` ``(max_text_len,)``, ``"caption"`` (the cleaned text),
+    ``"index"`` (the item actually loaded: the replacement when item ``i`` was unreadable) and
+    ``"video_id"``: one id per distinct media file, so the contrastive loss can tell a second caption
+    of the same video from a true negative (caption files repeat a video once per caption).
+    """
+
+    def __init__(
+        self,
+        json_file: str | os.PathLike,
+        tokenizer: Any,
+        media_root: str | os.PathLike = "",
+        num_frames: int = 8,
+        img_size: int = 224,
+        mode: str = "train",
+        max_text_len: int = 32,
+        seed: int = 0,
+        max_bad_fraction: float = 0.1,
+        paragraph: bool = False,
+        clean_text: bool = True,
+        media_type: str = "auto",
+        short_side: int | None = None,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        flip: bool = False,
+        min_frames: int | None = None,
+        backend: str = "pyav",
+        bad_sample_dir: str | os.PathLike | None = None,
+    ) -> None:
+        _check_mode(mode)
+        if num_frames < 1 or img_size < 1:
+            raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+        if max_text_len < 2:
+            raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if short_side is not None and short_side < img_size:
+            raise ValueError(f"short_side ({short_side}) must be >= img_size ({img_size})")
+        self.json_file = os.fspath(json_file)
+        self.media_root = os.fspath(media_root)
+        self.entries = read_caption_file(self.json_file, self.media_root, media_type)
+        self.tokenizer = tokenizer
+        self.num_frames = int(num_frames)
+        self.img_size = int(img_size)
+        self.mode = mode
+        self.max_text_len = int(max_text_len)
+        self.seed = int(seed)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.paragraph = bool(paragraph)
+        self.clean_text = bool(clean_text)
+        self.short_side = short_side
+        self.crop_scale = tuple(crop_scale)
+        self.flip = bool(flip)
+        self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
+        self.backend = backend
+        # one sample per media file: (entry position, media path, video id)
+        self.samples: list[tuple[int, str, int]] = []
+        ids: dict[str, int] = {}
+        for pos, entry in enumerate(self.entries):
+            for path in entry.media:
+                key = os.path.normpath(path)
+                self.samples.append((pos, path, ids.setdefault(key, len(ids))))
+        self.num_videos = len(ids)
+        self.registry = BadSampleRegistry(bad_sample_dir)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._local_bad: set[int] = set()
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the caption and augmentation stream; visible to already-running DataLoader workers."""
+        self._epoch.fill_(int(epoch))
+
+    def media_path(self, index: int) -> str:
+        return self.samples[index][1]
+
+    def texts(self, index: int) -> list[str]:
+        """The candidate texts of item ``index`` (cleaned; one paragraph when ``paragraph=True``)."""
+        return _texts(self.entries[self.samples[index][0]], self.paragraph, self.clean_text)
+
+    def bad_samples(self) -> list[BadSample]:
+        """Every unreadable sample found so far by any process, sorted by index."""
+        return self.registry.samples()
+
+    def bad_sample_summary(self, limit: int | None = 20) -> str:
+        return format_bad_samples(self.bad_samples(), limit)
+
+    def check_bad_fraction(self) -> None:
+        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the file is unreadable."""
+        count = self.registry.count()
+        limit = self.max_bad_fraction * len(self)
+        if count > limit:
+            raise BadDataError(
+                f"{self.json_file}: {count} of {len(self)} samples are unreadable ({count / len(self):.1%}), more "
+                f"than max_bad_fraction={self.max_bad_fraction:g} (at most {int(limit)} allowed); check the file "
+                f"and the media root {self.media_root!r}.\n{format_bad_samples(self.bad_samples(), limit=5)}"
+            )
+
+    def _report_bad(self, index: int, err: VideoDecodeError) -> None:
+        self._local_bad.add(index)
+        path = self.media_path(index)
+        reason = err.reason if err.path == path else f"{err.path}: {err.reason}"
+        if self.registry.record(BadSample(index, path, reason, self.epoch)):
+            logger.warning("unreadable sample %d (%s): %s; substituting the next readable sample", index, path, reason)
+        self.check_bad_fraction()
+
+    def _known_bad(self, index: int) -> bool:
+        return index in self._local_bad or self.registry.contains(index)
+
+    # -- loading ------------------------------------------------------------------------------
+    def choose_text(self, index: int, generator: torch.Generator | None = None) -> str:
+        """The text item ``index`` uses: a random one of its captions in training, the first in test."""
+        texts = self.texts(index)
+        if self.mode == "test" or len(texts) == 1:
+            return texts[0]
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        return texts[int(torch.randint(len(texts), (1,), generator=generator))]
+
+    def load(self, index: int, generator: torch.Generator | None = None) -> dict:
+        """Item ``index`` without bad-sample handling (raises ``VideoDecodeError``)."""
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        pos, path, video_id = self.samples[index]
+        text = self.choose_text(index, generator)  # drawn first: the caption does not depend on the decode
+        video = _load_media(path, self.entries[pos].kind, self.num_frames, self.img_size, self.mode, generator,
+                            self.min_frames, self.backend, self.short_side, self.crop_scale, self.flip)
+        input_ids, attention_mask = tokenize_texts(self.tokenizer, [text], self.max_text_len)
+        return {"video": video, "input_ids": input_ids[0], "attention_mask": attention_mask[0], "caption": text,
+                "index": index, "video_id": video_id}
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        index = int(index) % n
+        epoch = self.epoch
+        current = index
+        for _ in range(n):
+            if not self._known_bad(current):
+                extra = () if current == index else (current,)
+                g = torch.Generator()
+                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
+                try:
+                    return self.load(current, g)
+                except VideoDecodeError as err:
+                    self._report_bad(current, err)
+            current = (current + 1) % n
+        self.check_bad_fraction()
+        raise BadDataError(f"{self.json_file}: no readable sample in the whole file")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(json_file={self.json_file!r}, samples={len(self)}, mode={self.mode!r}, "
+                f"num_frames={self.num_frames}, img_size={self.img_size}, max_text_len={self.max_text_len})")
+
+
+def collate_captions(items: Sequence[Mapping]) -> dict:
+    """Batch dataset items: ``videos`` ``(B, 3, T, H, W)``, ``input_ids`` / ``attention_mask`` ``(B, L)``,
+    ``index`` and ``video_ids`` ``(B,)``."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    shapes = {tuple(item["video"].shape) for item in items}
+    if len(shapes) > 1:
+        raise ValueError(f"all videos of a batch must have one shape (images are 1-frame videos: keep image and "
+                         f"video corpora in separate loaders), got {sorted(shapes)}")
+    lengths = {len(item["input_ids"]) for item in items}
+    if len(lengths) > 1:
+        raise ValueError(f"all captions of a batch must be padded to one length, got lengths {sorted(lengths)}")
+    return {
+        "videos": torch.stack([item["video"] for item in items]),
+        "input_ids": torch.stack([torch.as_tensor(item["input_ids"], dtype=torch.long) for item in items]),
+        "attention_mask": torch.stack([torch.as_tensor(item["attention_mask"], dtype=torch.long) for item in items]),
+        "index": torch.tensor([int(item["index"]) for item in items], dtype=torch.long),
+        "video_ids": torch.tensor([int(item.get("video_id", item["index"])) for item in items], dtype=torch.long),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# retrieval evaluation set
+# ---------------------------------------------------------------------------------------------
+class RetrievalSet(Dataset):
+    """The videos and texts of a retrieval benchmark and which match which.
+
+    ``videos``: the distinct media files (an entry repeated once per caption, as some files do,
+    is one video); ``texts``: every caption (cleaned), or with ``paragraph=True`` one text per entry,
+    its captions joined; ``txt2vid[t]``: the ground-truth video indices of text ``t`` (one, or several
+    for an entry listing several videos); ``vid2txt[v]``: the ground-truth text indices of video
+    ``v``. ``group_texts=True`` also merges identical texts into one query whose ground truth is all
+    their videos (label-style text such as SSv2 classes).
+
+    Indexing gives the test-mode clips: ``{"video": (3, T, H, W), "index": v, "valid": bool,
+    "reason": str}``. An unreadable file gives zeros and ``valid=False`` (warned once): the benchmark
+    keeps its size and the evaluation counts its queries as misses.
+    """
+
+    def __init__(
+        self,
+        json_file: str | os.PathLike,
+        media_root: str | os.PathLike = "",
+        num_frames: int = 8,
+        img_size: int = 224,
+        max_text_len: int = 32,
+        paragraph: bool = False,
+        clean_text: bool = True,
+        group_texts: bool = False,
+        media_type: str = "auto",
+        short_side: int | None = None,
+        min_frames: int | None = None,
+        backend: str = "pyav",
+        max_bad_fraction: float = 0.1,
+    ) -> None:
+        if num_frames < 1 or img_size < 1:
+            raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+        if max_text_len < 2:
+            raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.json_file = os.fspath(json_file)
+        self.media_root = os.fspath(media_root)
+        self.entries = read_caption_file(self.json_file, self.media_root, media_type)
+        self.num_frames = int(num_frames)
+        self.img_size = int(img_size)
+        self.max_text_len = int(max_text_len)
+        self.paragraph = bool(paragraph)
+        self.clean_text = bool(clean_text)
+        self.short_side = short_side
+        self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
+        self.backend = backend
+        self.max_bad_fraction = float(max_bad_fraction)
+
+        self.videos: list[str] = []
+        self.kinds: list[str] = []
+        self.texts: list[str] = []
+        video_ids: dict[str, int] = {}
+        text_ids: dict[str, int] = {}
+        txt2vid: list[list[int]] = []
+        for entry in self.entries:
+            vids = []
+            for path in entry.media:
+                key = os.path.normpath(path)
+                if key not in video_ids:
+                    video_ids[key] = len(self.videos)
+                    self.videos.append(path)
+                    self.kinds.append(entry.kind)
+                vids.append(video_ids[key])
+            for text in _texts(entry, self.paragraph, self.clean_text):
+                if group_texts and text in text_ids:
+                    t = text_ids[text]
+                else:
+                    t = text_ids[text] = len(self.texts)
+                    self.texts.append(text)
+                    txt2vid.append([])
+                txt2vid[t] += [v for v in vids if v not in txt2vid[t]]
+        self.txt2vid: list[list[int]] = txt2vid
+        self.vid2txt: list[list[int]] = [[] for _ in self.videos]
+        for t, vids in enumerate(txt2vid):
+            for v in vids:
+                self.vid2txt[v].append(t)
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def tokenize(self, tokenizer: Any, max_text_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All texts as ``input_ids`` / ``attention_mask`` ``(num_texts, max_text_len)``."""
+        return tokenize_texts(tokenizer, self.texts, max_text_len or self.max_text_len)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Clip ``index`` (test-mode geometry), raising ``VideoDecodeError``."""
+        return _load_media(self.videos[index], self.kinds[index], self.num_frames, self.img_size, "test", None,
+                           self.min_frames, self.backend, self.short_side, (1.0, 1.0), False)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        try:
+            return {"video": self.load(index), "index": index, "valid": True, "reason": ""}
+        except VideoDecodeError as err:
+            reason = err.reason if err.path == self.videos[index] else f"{err.path}: {err.reason}"
+            if index not in self._warned:
+                self._warned.add(index)
+                logger.warning("unreadable evaluation video %d (%s): %s; its queries count as misses", index,
+                               self.videos[index], reason)
+            frames = 1 if self.kinds[index] == "image" else self.num_frames
+            video = torch.zeros(3, frames, self.img_size, self.img_size)
+            return {"video": video, "index": index, "valid": False, "reason": reason}
+
+    def check_bad_fraction(self, bad: Sequence[int]) -> None:
+        """Raise :class:`BadDataError` when more than ``max_bad_fraction`` of the videos are unreadable."""
+        limit = self.max_bad_fraction * len(self)
+        if len(bad) > limit:
+            shown = ", ".join(self.videos[i] for i in list(bad)[:5])
+            raise BadDataError(
+                f"{self.json_file}: {len(bad)} of {len(self)} evaluation videos are unreadable, more than "
+                f"max_bad_fraction={self.max_bad_fraction:g}; check the file and the media root "
+                f"{self.media_root!r} (e.g. {shown})"
+            )
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(json_file={self.json_file!r}, videos={len(self.videos)}, "
+                f"texts={len(self.texts)}, paragraph={self.paragraph}, num_frames={self.num_frames})")
+
+
+def collate_retrieval_videos(items: Sequence[Mapping]) -> dict:
+    """Batch :class:`RetrievalSet` items: ``videos`` ``(B, 3, T, H, W)``, ``index`` and ``valid`` ``(B,)``,
+    ``reasons`` (list of str, empty for readable files)."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    shapes = {tuple(item["video"].shape) for item in items}
+    if len(shapes) > 1:
+        raise ValueError(f"all videos of a batch must have one shape, got {sorted(shapes)} (images and videos "
+                         "cannot share a retrieval set batch)")
+    return {
+        "videos": torch.stack([item["video"] for item in items]),
+        "index": torch.tensor([int(item["index"]) for item in items], dtype=torch.long),
+        "valid": torch.tensor([bool(item["valid"]) for item in items], dtype=torch.bool),
+        "reasons": [item.get("reason", "") for item in items],
+    }
