@@ -1,4 +1,5 @@
-"""Command line: ``videomap pretrain | finetune | evaluate | extract | export | demo | models``.
+"""Command line: ``videomap pretrain | finetune | evaluate | extract | export | llm-train | llm-eval | chat |
+demo | models``.
 
 Every training command takes ``--config file.yaml`` and ``key=value`` overrides
 (``train.epochs=5 model.name=videomap_small``); unknown keys are errors listing the valid ones.
@@ -13,6 +14,8 @@ import os
 import sys
 import time
 
+LLM_COMMANDS = ("llm-train", "llm-eval", "chat")
+
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="videomap", description=__doc__,
@@ -22,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                             ("finetune", "supervised fine-tuning with evaluation"),
                             ("evaluate", "multi-view evaluation of a checkpoint"),
                             ("extract", "per-video features with sliding windows"),
-                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch")]:
+                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch"),
+                            ("llm-train", "train a Video-LLM stage (llm.stage: align | instruct), see docs/llm.md"),
+                            ("llm-eval", "video QA accuracy of a trained Video-LLM (open-ended or multiple choice)")]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
@@ -32,13 +37,28 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")
-        if name in ("pretrain", "finetune"):
+        if name == "llm-eval":
+            p.add_argument("--checkpoint", help="the final/ directory of `videomap llm-train` (default: llm.init_from)")
+        if name in ("pretrain", "finetune", "llm-train"):
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    c = sub.add_parser("chat", help="ask a trained Video-LLM about a video or an image")
+    c.add_argument("--checkpoint", required=True, help="the final/ directory of `videomap llm-train`")
+    media = c.add_mutually_exclusive_group()
+    media.add_argument("--video", help="video file (or frame folder) the question is about")
+    media.add_argument("--image", help="image file the question is about")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--llm-dtype", choices=("float32", "bfloat16", "float16"),
+                   help="load the LM in this precision (default: as saved)")
+    c.add_argument("question", help='e.g. "What happens in this video?"')
     d = sub.add_parser("demo", help="the end-to-end VideoMAP story on generated videos")
     d.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick with --quick); "
                    "a rerun continues the runs found there")
     d.add_argument("--quick", action="store_true", help="a tiny version that finishes in well under 2 minutes")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--llm", action="store_true", help="the toy Video-LLM instead: questions about generated clips, "
+                   "answered by a tiny LM on the demo's frozen VideoMAP encoder (default out: runs/llm-demo)")
+    d.add_argument("--demo-dir", help="with --llm: the main demo's run directory whose pre-trained encoder is used "
+                   "(default runs/demo, or runs/demo-quick with --quick); its pre-training runs there if missing")
     sub.add_parser("models", help="list registered models with parameter counts")
     return ap
 
@@ -67,6 +87,16 @@ def _setup_logging() -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("videomap").setLevel(logging.INFO)
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars (loading / writing weight shards) would cut through the log
+    lines; the Video-LLM commands show progress through logging instead."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
 
 
 def busy_cpus(interval: float = 0.2) -> float:
@@ -102,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     set_wait_policy()
     args = _parser().parse_args(argv)
     _setup_logging()
+    if args.command in LLM_COMMANDS or getattr(args, "llm", False):
+        _quiet_transformers()
     try:
         if args.command == "models":
             import torch
@@ -115,11 +147,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             from .engine.threads import configure_threads
-            from .tasks.demo import run_demo
 
             configure_threads(num_workers=0)  # the demo loads its clips in the main process
+            if args.llm:
+                from .tasks.llm_demo import run_llm_demo
+
+                run_llm_demo(args.out or ("runs/llm-demo-quick" if args.quick else "runs/llm-demo"), quick=args.quick,
+                             seed=args.seed, demo_dir=args.demo_dir)
+                return 0
+            if args.demo_dir:
+                raise ValueError("--demo-dir: only used with --llm (the main demo writes to --out)")
+            from .tasks.demo import run_demo
 
             run_demo(args.out or ("runs/demo-quick" if args.quick else "runs/demo"), quick=args.quick, seed=args.seed)
+            return 0
+        if args.command == "chat":
+            from .engine.threads import configure_threads
+            from .tasks.llm import run_chat
+
+            configure_threads(num_workers=0)
+            print(run_chat(args.checkpoint, args.question, video=args.video, image=args.image,
+                           max_new_tokens=args.max_new_tokens, llm_dtype=args.llm_dtype))
             return 0
         from .config import load_config
 
@@ -150,9 +198,23 @@ def main(argv: list[str] | None = None) -> int:
             from .tasks.export import run_export
 
             print(json.dumps(run_export(cfg, args.checkpoint, args.format, args.out), indent=1))
+        elif args.command == "llm-train":
+            from .tasks.llm import run_llm_train
+
+            run_llm_train(cfg)
+        elif args.command == "llm-eval":
+            from .tasks.llm import run_llm_eval
+
+            print(json.dumps(run_llm_eval(cfg, args.checkpoint), indent=1))
         return 0
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("VIDEOMAP_DEBUG"):
+            raise
+        print(f"videomap {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ImportError) as e:
+        # a language model that is not on disk (local_files_only) or peft missing: a setup problem
+        if args.command not in LLM_COMMANDS or os.environ.get("VIDEOMAP_DEBUG"):
             raise
         print(f"videomap {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
 """Job configuration: YAML files mapped onto dataclasses, with ``key=value`` overrides.
 
 A job file has the sections ``model``, ``data``, ``pretrain``, ``finetune``, ``extract``,
-``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the top-level keys ``task``,
-``blr`` and ``min_blr``. Every value is checked against its field's type annotation when the file
-is loaded: unknown keys and invalid choices are errors that list the valid ones, so a typo never
-silently does nothing and never surfaces deep inside a run after the dataset has been built.
+``llm`` (Video-LLM jobs), ``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the
+top-level keys ``task``, ``blr`` and ``min_blr``. Every value is checked against its field's type
+annotation when the file is loaded: unknown keys and invalid choices are errors that list the
+valid ones, so a typo never silently does nothing and never surfaces deep inside a run after the
+dataset has been built.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from .data.annotations import ListFormat
 from .data.sampling import Sampling
 from .engine import TrainConfig, scale_lr
 from .finetune.distill import DistillLoss, DistillTarget
+from .llm.projector import check_projector_name
 from .pretrain.masking import MaskType
 from .pretrain.objectives import DEFAULT_LOSS_ON, LossOn, Objective, TargetNorm
 from .pretrain.teachers import ClipTarget, TeacherKind
 
-Task = Literal["pretrain", "finetune", "evaluate", "extract"]
-# the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files)
+Task = Literal["pretrain", "finetune", "evaluate", "extract", "llm"]
+# the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files; one
+# Video-LLM job file serves both training and evaluation)
 TASKS_FOR_COMMAND: dict[str, tuple[str, ...]] = {
     "pretrain": ("pretrain",),
     "finetune": ("finetune",),
     "evaluate": ("finetune", "evaluate"),
     "extract": ("finetune", "evaluate", "extract"),
     "export": ("pretrain", "finetune", "evaluate", "extract"),  # only the model section is read
+    "llm-train": ("llm",),
+    "llm-eval": ("llm",),
 }
 
 
@@ -121,6 +126,91 @@ class ExtractSection:
     pool: Literal["cls", "mean"] = "cls"  # mean: of the patch tokens
 
 
+LlmStage = Literal["align", "instruct"]
+LlmDtype = Literal["float32", "bfloat16", "float16"]
+QAFormat = Literal["msrvtt_qa", "activitynet_qa", "tgif_qa", "multiple_choice"]
+
+
+@dataclass
+class LoraSection:
+    """LoRA adapters on the language model in the instruct stage (``peft``); LLaVA-1.5's values."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every Linear layer of the LM (LLaVA's choice)
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError(f"r and alpha must be >= 1, got r={self.r}, alpha={self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LlmSection:
+    """A Video-LLM job (``videomap llm-train`` / ``llm-eval``).
+
+    The first block mirrors :class:`videomap.llm.VideoLLMConfig` (how the model is built); the
+    rest says what a stage trains and on which data. ``init_from`` is the ``final/`` directory of
+    the previous stage (stage 2 starts from stage 1's projector); when it is set the model is
+    restored from there and the first block only overrides what the job gives explicitly.
+    """
+
+    llm: str | None = None  # AutoModelForCausalLM directory or hub id
+    tokenizer: str | None = None  # default: llm
+    local_files_only: bool = True  # never download unless the job says so
+    llm_dtype: LlmDtype = "float32"
+    video_encoder: str = "videomap_middle"
+    video_checkpoint: str | None = None
+    video_overrides: dict[str, Any] = field(default_factory=dict)
+    image_encoder: str | None = None  # None: images go through the video encoder at T=1
+    image_checkpoint: str | None = None
+    image_overrides: dict[str, Any] = field(default_factory=dict)
+    num_frames: int = 8
+    img_size: int = 224
+    feature_layer: int = -1
+    use_cls: bool = False
+    spatial_pool: int = 1
+    temporal_pool: int = 1
+    projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" or any "mlp<N>x_gelu"
+
+    stage: LlmStage = "align"  # align: projector only; instruct: projector + LM (full or LoRA)
+    init_from: str | None = None  # a previous stage's saved VideoLLM directory
+    lora: LoraSection | None = None  # instruct stage only
+    train_encoder: bool = False
+    llm_gradient_checkpointing: bool = False
+    train_json: str | None = None  # LLaVA / Video-ChatGPT style conversations
+    media_root: str = ""  # prefix of the relative video / image paths in the JSON files
+    max_length: int | None = 2048  # tokens per sample, visual tokens excluded (truncated beyond)
+    max_bad_fraction: float = 0.1
+    system: str | None = None  # system prompt for training and evaluation (None: the template's default)
+    eval_json: str | None = None  # questions (test_q.json, *_qa.json, a TGIF-QA csv, multiple-choice rows)
+    eval_answers_json: str | None = None  # test_a.json where answers ship in their own file
+    eval_format: QAFormat = "msrvtt_qa"
+    eval_batch_size: int = 8
+    eval_answer_prompt: str | None = None  # appended to each question, e.g. "Answer in one word."
+    eval_length_normalize: bool = False  # multiple choice: mean instead of summed log-likelihood
+    max_new_tokens: int = 32
+    max_eval_samples: int | None = None  # evaluate only the first N questions (smoke runs)
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "img_size", "spatial_pool", "temporal_pool", "eval_batch_size",
+                     "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 or null, got {self.max_length}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError(f"max_eval_samples must be >= 1 or null, got {self.max_eval_samples}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        check_projector_name(self.projector)
+        if self.lora is not None and self.stage != "instruct":
+            raise ValueError("lora applies to the instruct stage only (align trains the projector); "
+                             "set llm.stage=instruct or llm.lora=null")
+
+
 @dataclass
 class JobConfig:
     task: Task = "finetune"
@@ -131,6 +221,7 @@ class JobConfig:
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     extract: ExtractSection = field(default_factory=ExtractSection)
+    llm: LlmSection = field(default_factory=LlmSection)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     # dotted keys the YAML file or the overrides set explicitly (not a field: never dumped)
@@ -177,6 +268,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise ValueError(f"{where}: a value is required")
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: X's own error (e.g. an unknown key inside a section)
+            return _coerce(value, options[0], where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -211,6 +305,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")

@@ -43,8 +43,11 @@ class TrainConfig:
     unsupported combinations warn and train in fp32. ``distributed`` is "auto" (DDP when
     launched with more than one process), "ddp", "fsdp" or "none". Checkpoints are written every
     ``save_every_steps`` optimizer steps (None: only at the end), keeping the newest
-    ``keep_last``. ``extra`` is free-form and is stored in checkpoints, so it must hold plain
-    values (str, numbers, lists, dicts).
+    ``keep_last``. ``save_trainable_only`` stores only the parameters that require gradients
+    (plus buffers) in checkpoints: a frozen 7B language model or vision encoder is rebuilt from
+    its own weights before a resume instead of being rewritten into every checkpoint. ``extra``
+    is free-form and is stored in checkpoints, so it must hold plain values (str, numbers,
+    lists, dicts).
     """
 
     epochs: int = 1
@@ -75,6 +78,7 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     find_unused_parameters: bool = False
+    save_trainable_only: bool = False
     tensorboard: bool = True
     plot: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +120,9 @@ class TrainConfig:
             raise ValueError("keep_last must be >= 1 (use None to keep every checkpoint)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.save_trainable_only and self.ema_decay is not None:
+            raise ValueError("save_trainable_only does not cover EMA weights; set ema_decay to null or "
+                             "save_trainable_only to false")
         if len(self.betas) != 2:
             raise ValueError("betas must have two values")
 

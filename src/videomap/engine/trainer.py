@@ -563,14 +563,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ state dict plumbing
 
+    def _frozen_names(self) -> set[str]:
+        """Names (every alias of a shared tensor) of the parameters that do not require gradients."""
+        return {n for n, p in self.unwrapped_model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
     def _model_state_dict(self) -> dict[str, torch.Tensor]:
+        trainable_only = self.config.save_trainable_only
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(
-                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                     ignore_frozen_params=trainable_only)
             )
-        return self.unwrapped_model.state_dict() if self.is_main else {}
+        if not self.is_main:
+            return {}
+        state = self.unwrapped_model.state_dict()
+        if trainable_only:
+            frozen = self._frozen_names()
+            state = {k: v for k, v in state.items() if k not in frozen}
+        return state
 
     def _optimizer_state_dict(self) -> dict[str, Any]:
         if self.mode == "fsdp":
@@ -582,12 +594,23 @@ class Trainer:
         return _to_cpu(self.optimizer.state_dict()) if self.is_main else {}
 
     def _load_model_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        strict = not self.config.save_trainable_only
+        if not strict:
+            # the frozen parameters stay as built; everything else must be in the checkpoint
+            expected = set(self.unwrapped_model.state_dict()) - self._frozen_names()
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                raise ValueError(
+                    "the checkpoint (save_trainable_only) does not match the model's trainable tensors: "
+                    f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
+                    f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; resume with the same "
+                    "trainable parameters (stage / LoRA / frozen modules) the run was saved with")
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
             return
-        self.unwrapped_model.load_state_dict(state)
+        self.unwrapped_model.load_state_dict(state, strict=strict)
 
     def _load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
         # Hyper-parameters come from the current config; only the moments and counters are restored.

@@ -1,0 +1,296 @@
+"""``videomap llm-train``, ``llm-eval`` and ``chat``: the Video-LLM (:mod:`videomap.llm`) on the engine.
+
+A job file's ``llm`` section names the model (the :class:`~videomap.llm.VideoLLMConfig` fields)
+and the stage; ``train`` is the engine's usual section. Stage 1 (``align``) trains the projector,
+stage 2 (``instruct``) the projector and the LM (full, or LoRA adapters), starting from stage 1's
+``final/`` directory (``llm.init_from``). Every run ends with ``output_dir/final``, a
+:meth:`~videomap.llm.VideoLLM.save_pretrained` directory that the next stage, ``llm-eval`` and
+``chat`` load.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from ..config import JobConfig, LlmSection, dump_config
+from ..engine import Trainer, autocast, default_device, is_main_process, resolve_amp
+from ..io import write_json
+from .common import output_path
+
+log = logging.getLogger(__name__)
+
+# LlmSection fields that are VideoLLMConfig fields (how the model is built)
+MODEL_FIELDS = ("llm", "tokenizer", "local_files_only", "llm_dtype", "video_encoder", "video_checkpoint",
+                "video_overrides", "image_encoder", "image_checkpoint", "image_overrides", "num_frames", "img_size",
+                "feature_layer", "use_cls", "spatial_pool", "temporal_pool", "projector")
+# what a job may change on a saved model: how it is loaded and the clip size / token pooling (the
+# projector acts per token, and position tables are resized)
+RUNTIME_FIELDS = ("local_files_only", "llm_dtype", "num_frames", "img_size", "spatial_pool", "temporal_pool")
+# where the weights came from: a saved model carries its own encoders (and its LM once trained)
+SOURCE_FIELDS = ("video_checkpoint", "image_checkpoint", "llm", "tokenizer")
+SAVED_CONFIG_FILE = "videomap_llm.json"
+
+
+def video_llm_config(section: LlmSection) -> dict[str, Any]:
+    """The ``VideoLLMConfig`` fields of a job's ``llm`` section."""
+    return {name: getattr(section, name) for name in MODEL_FIELDS}
+
+
+def lora_kwargs(section: LlmSection) -> dict[str, Any] | None:
+    """``llm.lora`` as ``peft.LoraConfig`` arguments (``None``: no adapters)."""
+    lora = section.lora
+    if lora is None:
+        return None
+    return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules) if lora.target_modules else "all-linear"}
+
+
+def _saved_model(directory: str) -> dict[str, Any]:
+    """``videomap_llm.json`` of a saved Video-LLM: ``{"config": {...}, "llm_weights": ...}``."""
+    path = os.path.join(directory, SAVED_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: no {SAVED_CONFIG_FILE} (expected the final/ directory of "
+                                "`videomap llm-train`, written by VideoLLM.save_pretrained)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path}: expected {{\"config\": {{...}}, \"llm_weights\": ...}}")
+    return saved
+
+
+def load_video_llm(cfg: JobConfig, directory: str, what: str = "llm.init_from"):
+    """A saved Video-LLM, with the job's loading choices applied.
+
+    The saved directory decides the model. Of the model fields a job gives (often through a
+    shared base file), :data:`RUNTIME_FIELDS` override the saved values; the LM location
+    (``llm`` / ``tokenizer``) does too while the LM is still the untrained source (it may have
+    moved), but not once the directory holds trained LM weights; the encoder checkpoints are the
+    directory's own. Any other field must agree with the saved model: a conflict is a
+    ``ValueError`` naming both values, so a stage never silently runs another model than the job
+    describes.
+    """
+    from ..llm import VideoLLM
+
+    directory = os.fspath(directory)
+    saved = _saved_model(directory)
+    config, lm_trained = saved["config"], saved.get("llm_weights") == "full"
+    section = cfg.llm
+    overrides, conflicts, ignored = {}, [], []
+    for key in MODEL_FIELDS:
+        if not cfg.is_given(f"llm.{key}"):
+            continue
+        value = getattr(section, key)
+        if key in RUNTIME_FIELDS or (key in ("llm", "tokenizer") and not lm_trained and value is not None):
+            overrides[key] = value
+        elif key in SOURCE_FIELDS:
+            ignored.append(key)
+        elif key in config and value != config[key]:
+            conflicts.append(f"llm.{key} is {value!r} but {directory} holds {config[key]!r}")
+    if conflicts:
+        raise ValueError(f"{what}: the job's model conflicts with the saved one: " + "; ".join(conflicts)
+                         + f". Drop those keys (the saved model is used) or point {what} at the model you meant")
+    if ignored:
+        log.info("%s: using the weights saved in %s, not the job's %s", what, directory,
+                 ", ".join(f"llm.{k}" for k in ignored))
+    return VideoLLM.from_pretrained(directory, **overrides)
+
+
+def build_video_llm(cfg: JobConfig):
+    """The job's Video-LLM: restored from ``llm.init_from`` or built from the ``llm`` section."""
+    from ..llm import VideoLLM, VideoLLMConfig
+
+    section = cfg.llm
+    if section.init_from:
+        return load_video_llm(cfg, section.init_from)
+    if not section.llm:
+        raise ValueError("llm.llm is not set: give the causal LM (a local directory or a hub id), or llm.init_from "
+                         "(a previous stage's final/ directory)")
+    return VideoLLM.from_config(VideoLLMConfig(**video_llm_config(section)))
+
+
+def _check_train_json(json_file: str | None) -> str:
+    if not json_file:
+        raise ValueError("llm.train_json is not set; give the LLaVA-style conversation file (a JSON list of "
+                         '{"video" | "image": path, "conversations": [...]})')
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"llm.train_json: {json_file} does not exist")
+    return json_file
+
+
+def build_instruction_dataset(cfg: JobConfig, model, json_file: str | None, mode: str = "train"):
+    """``json_file`` as tokenized samples for ``model`` (its tokenizer and clip size)."""
+    from ..llm.data import VideoInstructionDataset
+
+    _check_train_json(json_file)
+    section = cfg.llm
+    return VideoInstructionDataset(
+        json_file, model.tokenizer, media_root=section.media_root, num_frames=model.config.num_frames,
+        img_size=model.config.img_size, mode=mode, max_length=section.max_length,
+        max_bad_fraction=section.max_bad_fraction, seed=cfg.train.seed, system=section.system,
+    )
+
+
+def _llm_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (the model's own ``loss``)."""
+    return model(**batch).loss
+
+
+def run_llm_train(cfg: JobConfig) -> dict[str, Any]:
+    """Train one stage (``llm.stage``) and save ``output_dir/final``."""
+    from ..llm.conversation import resolve_pad_token_id
+    from ..llm.data import collate_instructions
+
+    section = cfg.llm
+    _check_train_json(section.train_json)  # before loading a 7B model, not after
+    if section.stage == "instruct" and not section.init_from:
+        log.warning("stage instruct without llm.init_from: the projector starts untrained (LLaVA starts stage 2 "
+                    "from stage 1's projector)")
+    model = build_video_llm(cfg)
+    model.set_trainable(section.stage, lora=lora_kwargs(section), train_encoder=section.train_encoder)
+    if section.llm_gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    dataset = build_instruction_dataset(cfg, model, section.train_json)
+    collate = functools.partial(collate_instructions, pad_token_id=resolve_pad_token_id(model.tokenizer))
+    trainer = Trainer(model, _llm_loss, dataset, cfg.resolved_train(), collate_fn=collate)
+    if trainer.is_main:
+        dump_config(cfg, output_path(cfg, "config.yaml"))
+        what = "projector" if section.stage == "align" else "projector + " + ("LoRA" if section.lora else "LM")
+        log.info("stage %s (%s) from %s on %d samples of %s", section.stage, what, section.init_from or section.llm,
+                 len(dataset), section.train_json)
+    result = trainer.fit(resume=cfg.train.resume)
+    final = None
+    if trainer.mode == "fsdp":
+        model = _gathered_copy(cfg, trainer)  # collective; the model only on rank 0, else None
+    if is_main_process():
+        if dataset.bad_samples():
+            log.warning("%s", dataset.bad_sample_summary())
+        final = model.save_pretrained(output_path(cfg, "final"))
+    return {**result, "final": final}
+
+
+def _gathered_copy(cfg: JobConfig, trainer: Trainer):
+    """Under FSDP the trained tensors are sharded over the ranks; ``save_pretrained`` needs whole
+    ones. Gather the trainable tensors (collective) and load them into a plain copy of the model
+    built on rank 0 from the same sources."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(trainer.model, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+    if not is_main_process():
+        return None
+    section = cfg.llm
+    plain = build_video_llm(cfg)
+    plain.set_trainable(section.stage, lora=lora_kwargs(section), train_encoder=section.train_encoder)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    trainable = {n for n, p in plain.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise RuntimeError("gathered FSDP state does not match the model: missing "
+                           f"{sorted(trainable & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return plain
+
+
+# llm.eval_format -> the reader in videomap.llm.qa
+QA_READERS = {"msrvtt_qa": "msrvtt", "activitynet_qa": "activitynet", "tgif_qa": "tgif",
+              "multiple_choice": "multiple_choice"}
+
+
+def read_eval_items(section: LlmSection) -> list:
+    """The questions of ``llm.eval_json`` in ``llm.eval_format`` (first ``max_eval_samples``)."""
+    from ..llm import qa
+
+    if not section.eval_json:
+        raise ValueError("llm.eval_json is not set; give the question file (llm.eval_format says its format)")
+    for key in ("eval_json", "eval_answers_json"):
+        path = getattr(section, key)
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"llm.{key}: {path} does not exist")
+    items = qa.read_qa(QA_READERS[section.eval_format], section.eval_json, section.eval_answers_json)
+    return items[: section.max_eval_samples] if section.max_eval_samples is not None else items
+
+
+def evaluate_video_llm(model, items: list, section: LlmSection, output_file: str | None) -> dict[str, Any]:
+    """Score ``model`` on ``items``: exact match after normalisation for open-ended questions (the
+    papers' GPT-judged score cannot run offline), log-likelihood choice for multiple choice."""
+    from ..llm import qa
+
+    common = dict(media_root=section.media_root, num_frames=model.config.num_frames,
+                  img_size=model.config.img_size, system=section.system, output_file=output_file)
+    with_candidates = sum(item.candidates is not None for item in items)
+    if section.eval_format == "multiple_choice" or (with_candidates and with_candidates == len(items)):
+        return qa.evaluate_multiple_choice(model, items, length_normalize=section.eval_length_normalize,
+                                           **common)
+    if with_candidates:
+        raise ValueError(f"{section.eval_json}: {with_candidates} of {len(items)} questions are multiple choice; "
+                         "evaluate open-ended and multiple-choice questions from separate files")
+    return qa.evaluate_open_ended(model, items, batch_size=section.eval_batch_size,
+                                  max_new_tokens=section.max_new_tokens, answer_prompt=section.eval_answer_prompt,
+                                  **common)
+
+
+def run_llm_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any]:
+    """Answer ``llm.eval_json`` with ``checkpoint`` (default ``llm.init_from``) and score it.
+
+    Writes ``eval_<format>.json`` (the scores) and ``predictions_<format>.jsonl`` (one record per
+    question) into ``train.output_dir``; the predictions file is resumable, so rerunning an
+    interrupted evaluation only answers the questions still missing.
+    """
+    section = cfg.llm
+    directory = checkpoint or section.init_from
+    if not directory:
+        raise ValueError("llm-eval needs a trained model: pass --checkpoint (a final/ directory of llm-train) or "
+                         "set llm.init_from")
+    items = read_eval_items(section)
+    model = load_video_llm(cfg, directory, what="--checkpoint" if checkpoint else "llm.init_from")
+    device = default_device() if cfg.train.device == "auto" else torch.device(cfg.train.device)
+    model.to(device).eval()
+    amp_dtype, _ = resolve_amp(cfg.train.amp, device)
+    fmt = section.eval_format
+    predictions = output_path(cfg, f"predictions_{fmt}.jsonl") if is_main_process() else None
+    with autocast(amp_dtype, device):
+        scores = evaluate_video_llm(model, items, section, predictions)
+    result = {"checkpoint": os.path.abspath(directory), "eval_json": section.eval_json, "format": fmt, **scores,
+              "predictions": predictions}
+    if is_main_process():
+        write_json(output_path(cfg, f"eval_{fmt}.json"), result)
+    return result
+
+
+def run_chat(checkpoint: str, question: str, video: str | None = None, image: str | None = None,
+             max_new_tokens: int = 128, llm_dtype: str | None = None, device: str = "auto") -> str:
+    """One answer of a saved Video-LLM about a video, an image or neither."""
+    from ..llm import VideoLLM
+    from ..llm.conversation import build_prompt
+    from ..llm.data import load_image, load_video
+
+    if video and image:
+        raise ValueError("--video and --image: give one of them (a prompt holds one placeholder here)")
+    for arg, path in (("--video", video), ("--image", image)):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{arg}: {path} does not exist")
+    if not question.strip():
+        raise ValueError("question: expected the text to ask, got an empty string")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: expected >= 1, got {max_new_tokens}")
+    _saved_model(checkpoint)  # a clear error for a directory that is not a saved Video-LLM
+    overrides = {"llm_dtype": llm_dtype} if llm_dtype else {}
+    model = VideoLLM.from_pretrained(checkpoint, **overrides)
+    dev = default_device() if device == "auto" else torch.device(device)
+    model.to(dev).eval()
+    c = model.config
+    kwargs: dict[str, Any] = {}
+    if video:
+        kwargs["videos"] = load_video(video, c.num_frames, c.img_size, "test")[None]
+    elif image:
+        kwargs["images"] = load_image(image, c.img_size, "test")[None]
+    ids = build_prompt(model.tokenizer, question, "video" if video else "image" if image else None)[None]
+    new = model.generate(ids.to(dev), torch.ones_like(ids).to(dev), max_new_tokens=max_new_tokens, **kwargs)
+    return model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
