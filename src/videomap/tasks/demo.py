@@ -68,6 +68,16 @@ def train_overrides(p: dict, seed: int) -> list[str]:
     ]
 
 
+def pretrain_config(p: dict, unlabeled_list: str, output_dir: str, seed: int):
+    """The demo's VideoMAP pre-training job (step 1); other demos reuse its encoder."""
+    return load_config(None, model_overrides(p, p["frames"], p["tubelet"]) + train_overrides(p, seed) + [
+        "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame",
+        "pretrain.teacher=pixel_motion", "pretrain.mask_type=attention", "pretrain.mask_ratio=0.5",
+        f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1", f"train.epochs={p['pre_epochs']}",
+        f"train.lr={p['pre_lr']}", "train.min_lr=0.0", f"train.output_dir={output_dir}",
+    ])
+
+
 def _train_curve(run_dir: str) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r.get("split") == "train" and "loss" in r]
 
@@ -183,12 +193,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     log.info("1/4 VideoMAP pre-training on %d unlabeled clips (frame-wise causal decoder, next-frame target, "
              "teacher = pixel change, 50%% attention masking)", p["num_unlabeled"])
     t0 = time.time()
-    pre_cfg = load_config(None, video_model + common + [
-        "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame",
-        "pretrain.teacher=pixel_motion", "pretrain.mask_type=attention", "pretrain.mask_ratio=0.5",
-        f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1", f"train.epochs={p['pre_epochs']}",
-        f"train.lr={p['pre_lr']}", "train.min_lr=0.0", f"train.output_dir={runs['pretrain']}",
-    ])
+    pre_cfg = pretrain_config(p, unlabeled_list, runs["pretrain"], seed)
     pre = run_pretrain(pre_cfg)
     times["pretrain"] = time.time() - t0
 

@@ -269,7 +269,7 @@ def run_chat(checkpoint: str, question: str, video: str | None = None, image: st
     """One answer of a saved Video-LLM about a video, an image or neither."""
     from ..llm import VideoLLM
     from ..llm.conversation import build_prompt
-    from ..llm.data import load_image, load_video
+    from ..data.media import load_image, load_video
 
     if video and image:
         raise ValueError("--video and --image: give one of them (a prompt holds one placeholder here)")

@@ -156,7 +156,7 @@ def demo_encoder(demo_out: str, quick: bool = False, seed: int = 0) -> str:
     stage is run (same clips, model and recipe as :func:`videomap.tasks.demo.run_demo`, which
     continues from it later).
     """
-    from .demo import model_overrides, train_overrides
+    from .demo import pretrain_config
     from .pretrain import run_pretrain
 
     p = _demo_params(quick)
@@ -172,14 +172,7 @@ def demo_encoder(demo_out: str, quick: bool = False, seed: int = 0) -> str:
                                                    num_frames=p["clip_frames"], size=p["size"], seed=seed + 1)
     log.info("no pre-trained encoder in %s: running the demo's VideoMAP pre-training (%d unlabeled clips, "
              "%d epochs) first", run_dir, p["num_unlabeled"], p["pre_epochs"])
-    # the pre-training job of run_demo's step 1
-    cfg = load_config(None, model_overrides(p, p["frames"], p["tubelet"]) + train_overrides(p, seed) + [
-        "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame",
-        "pretrain.teacher=pixel_motion", "pretrain.mask_type=attention", "pretrain.mask_ratio=0.5",
-        f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1", f"train.epochs={p['pre_epochs']}",
-        f"train.lr={p['pre_lr']}", "train.min_lr=0.0", f"train.output_dir={run_dir}",
-    ])
-    return run_pretrain(cfg)["encoder"]
+    return run_pretrain(pretrain_config(p, unlabeled_list, run_dir, seed))["encoder"]
 
 
 # The recipe (docs/llm.md, "The toy run", says what mattered). The encoder is the main demo's; the
