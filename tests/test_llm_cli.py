@@ -198,9 +198,9 @@ def test_llm_eval_needs_a_model_and_questions(setup, tmp_path, capsys):
 
 
 def test_chat_answers_and_names_bad_arguments(setup, stage2, tmp_path, capsys):
+    from videomap.data.media import load_video
     from videomap.llm import VideoLLM
     from videomap.llm.conversation import build_prompt
-    from videomap.llm.data import load_video
 
     final = str(stage2 / "final")
     assert main(["chat", "--checkpoint", final, "--video", setup["clips"][0], "what happens in this video?",

@@ -267,9 +267,9 @@ def run_llm_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any
 def run_chat(checkpoint: str, question: str, video: str | None = None, image: str | None = None,
              max_new_tokens: int = 128, llm_dtype: str | None = None, device: str = "auto") -> str:
     """One answer of a saved Video-LLM about a video, an image or neither."""
+    from ..data.media import load_image, load_video
     from ..llm import VideoLLM
     from ..llm.conversation import build_prompt
-    from ..data.media import load_image, load_video
 
     if video and image:
         raise ValueError("--video and --image: give one of them (a prompt holds one placeholder here)")
