@@ -3,6 +3,9 @@
 A reader (or a resumed job) must only ever see a complete old file or a complete new one, never a
 half-written one, so writers fill a private temporary name next to the target, flush it to disk
 and then rename it over the target (an atomic operation on POSIX filesystems).
+
+The JSON readers at the end give every annotation and saved-model file the same errors: the file,
+and what was expected of it.
 """
 
 from __future__ import annotations
@@ -86,6 +89,53 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent)
+
+
+def read_json_list(path: str | os.PathLike, what: str) -> list:
+    """A non-empty list from a JSON file or a JSON Lines file (one value a line), as annotation
+    files come in both. ``what`` names the items in errors (e.g. "samples")."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as first:
+        data = []  # JSON Lines?
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}: not valid JSON or JSON Lines ({first.msg} at line {first.lineno}; "
+                                 f"line {n} is not a JSON value either)") from None
+    if isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a JSON list of {what}, got an object with keys {sorted(data)[:5]}")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of {what}")
+    return data
+
+
+def read_saved_json(directory: str | os.PathLike, name: str, writer: str,
+                    required: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+    """The JSON object ``name`` of a directory written by ``writer`` (named in errors), holding a
+    mapping under each of ``required``."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: no {name} (expected a directory written by {writer})")
+    with open(path, encoding="utf-8") as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in required):
+        raise ValueError(f"{path}: expected a JSON object with {', '.join(repr(k) for k in required)} "
+                         f"(written by {writer})")
+    return saved
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,

@@ -9,6 +9,7 @@ from .annotations import AnnotationEntry, parse_annotation_line, read_annotation
 from .dataset import (
     BadDataError,
     BadSample,
+    BadSampleBookkeeping,
     BadSampleRegistry,
     VideoClsDataset,
     format_bad_samples,
@@ -52,6 +53,7 @@ __all__ = [
     "AnnotationEntry",
     "BadDataError",
     "BadSample",
+    "BadSampleBookkeeping",
     "BadSampleRegistry",
     "DecordVideoReader",
     "FrameFolderReader",

@@ -28,8 +28,9 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -172,7 +173,88 @@ def format_bad_samples(samples: Sequence[BadSample], limit: int | None = 20) -> 
     return "\n".join(rows)
 
 
-class VideoClsDataset(Dataset):
+class BadSampleBookkeeping:
+    """What every dataset here shares: the epoch (seen by DataLoader workers already running) and
+    the rule for unusable samples -- warned once, recorded for all processes in a
+    :class:`BadSampleRegistry`, replaced by the next usable one, and a :class:`BadDataError` once
+    more than ``max_bad_fraction`` of the file is bad, so a wrong root fails fast instead of
+    training on a fraction of the data.
+    """
+
+    bad_word = "unreadable"  # how errors and warnings call a bad sample
+
+    def _init_bookkeeping(self, source: str, root: str, max_bad_fraction: float,
+                          bad_sample_dir: str | os.PathLike | None) -> None:
+        self._bad_source, self._bad_root = source, root
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.registry = BadSampleRegistry(bad_sample_dir)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._local_bad: set[int] = set()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream; visible to already-running DataLoader workers."""
+        self._epoch.fill_(int(epoch))
+
+    def bad_samples(self) -> list[BadSample]:
+        """Every bad sample found so far by any process, sorted by index."""
+        return self.registry.samples()
+
+    def bad_sample_summary(self, limit: int | None = 20) -> str:
+        """Text summary of :meth:`bad_samples`, e.g. for the end-of-epoch log."""
+        return format_bad_samples(self.bad_samples(), limit)
+
+    def check_bad_fraction(self) -> None:
+        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the file is bad."""
+        count = self.registry.count()
+        limit = self.max_bad_fraction * len(self)
+        if count > limit:
+            raise BadDataError(
+                f"{self._bad_source}: {count} of {len(self)} samples are {self.bad_word} ({count / len(self):.1%}), "
+                f"more than max_bad_fraction={self.max_bad_fraction:g} (at most {int(limit)} allowed); check the "
+                f"file and the media root {self._bad_root!r}.\n{format_bad_samples(self.bad_samples(), limit=5)}"
+            )
+
+    def _record_bad(self, index: int, path: str, reason: str) -> None:
+        self._local_bad.add(index)
+        if self.registry.record(BadSample(index, path, reason, self.epoch)):
+            word = self.bad_word
+            logger.warning("%s sample %d (%s): %s; substituting the next usable sample", word, index, path, reason)
+        self.check_bad_fraction()
+
+    def _known_bad(self, index: int) -> bool:
+        return index in self._local_bad or self.registry.contains(index)
+
+    def _report_bad(self, index: int, err: Exception) -> None:  # pragma: no cover - per dataset
+        raise NotImplementedError
+
+    def _load_usable(self, index: int, load: Callable[[int, torch.Generator], Any],
+                     bad: tuple[type[Exception], ...] = (VideoDecodeError,)) -> tuple[int, Any]:
+        """``(i, load(i, generator))`` for entry ``index``, or for the next usable entry when it is bad
+        (``bad`` errors go to :meth:`_report_bad`). The generator is seeded from ``(seed, epoch,
+        index)``, plus the replacement's index, so a replacement is as reproducible as the original."""
+        n = len(self)
+        index = int(index) % n
+        epoch = self.epoch
+        current = index
+        for _ in range(n):
+            if not self._known_bad(current):
+                extra = () if current == index else (current,)
+                g = torch.Generator()
+                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
+                try:
+                    return current, load(current, g)
+                except bad as err:
+                    self._report_bad(current, err)
+            current = (current + 1) % n
+        self.check_bad_fraction()
+        raise BadDataError(f"{self._bad_source}: no usable sample in the whole file")
+
+
+class VideoClsDataset(BadSampleBookkeeping, Dataset):
     """Video classification samples from an annotation list.
 
     Returns ``(clip, label, index)``: ``clip`` is float32 ``(3, T, H, W)``, normalised; in
@@ -241,15 +323,12 @@ class VideoClsDataset(Dataset):
         self.eraser = RandomErasing(prob=erase_prob) if erase_prob > 0 else None
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.max_bad_fraction = float(max_bad_fraction)
         self.seed = int(seed)
         self.crop_scale = crop_scale
         self.crop_ratio = crop_ratio
         self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
         self.backend = backend
-        self.registry = BadSampleRegistry(bad_sample_dir)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._local_bad: set[int] = set()
+        self._init_bookkeeping(self.list_file, self.root, max_bad_fraction, bad_sample_dir)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -263,46 +342,9 @@ class VideoClsDataset(Dataset):
     def labels(self) -> list[int]:
         return [e.label for e in self.entries]
 
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream; visible to already-running DataLoader workers."""
-        self._epoch.fill_(int(epoch))
-
-    def bad_samples(self) -> list[BadSample]:
-        """Every unreadable sample found so far by any process, sorted by index."""
-        return self.registry.samples()
-
-    def bad_sample_summary(self, limit: int | None = 20) -> str:
-        """Text summary of :meth:`bad_samples`, e.g. for the end-of-epoch log."""
-        return format_bad_samples(self.bad_samples(), limit)
-
-    def check_bad_fraction(self) -> None:
-        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the list is unreadable."""
-        count = self.registry.count()
-        limit = self.max_bad_fraction * len(self)
-        if count > limit:
-            examples = format_bad_samples(self.bad_samples(), limit=5)
-            raise BadDataError(
-                f"{self.list_file}: {count} of {len(self)} samples are unreadable "
-                f"({count / len(self):.1%}), more than max_bad_fraction={self.max_bad_fraction:g} "
-                f"(at most {int(limit)} allowed); check the list and the data root {self.root!r}.\n{examples}"
-            )
-
     def _report_bad(self, index: int, err: VideoDecodeError) -> None:
-        self._local_bad.add(index)
         path = self.entries[index].path
-        reason = err.reason if err.path == path else f"{err.path}: {err.reason}"
-        if self.registry.record(BadSample(index, path, reason, self.epoch)):
-            logger.warning(
-                "unreadable sample %d (%s): %s; substituting the next readable sample", index, path, reason
-            )
-        self.check_bad_fraction()
-
-    def _known_bad(self, index: int) -> bool:
-        return index in self._local_bad or self.registry.contains(index)
+        self._record_bad(index, path, err.reason if err.path == path else f"{err.path}: {err.reason}")
 
     # -- loading ------------------------------------------------------------------------------
     def _clip_indices(
@@ -368,22 +410,8 @@ class VideoClsDataset(Dataset):
         return torch.stack(views)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        n = len(self)
-        index = int(index) % n
-        epoch = self.epoch
-        current = index
-        for _ in range(n):
-            if not self._known_bad(current):
-                extra = () if current == index else (current,)
-                g = torch.Generator()
-                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
-                try:
-                    return self.load(current, g), self.entries[current].label, current
-                except VideoDecodeError as err:
-                    self._report_bad(current, err)
-            current = (current + 1) % n
-        self.check_bad_fraction()
-        raise BadDataError(f"{self.list_file}: no readable sample in the whole list")
+        current, clip = self._load_usable(index, self.load)
+        return clip, self.entries[current].label, current
 
     def __repr__(self) -> str:
         return (

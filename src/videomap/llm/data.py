@@ -34,7 +34,6 @@ Determinism
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -43,9 +42,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.dataset import BadDataError, BadSample, BadSampleRegistry, format_bad_samples
+from ..data.dataset import BadSampleBookkeeping
 from ..data.decode import VideoDecodeError
 from ..data.media import MODES, is_image_path, load_image, load_video
+from ..io import read_json_list
 from ..seeding import sample_seed
 from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VIDEO_PLACEHOLDER, VIDEO_TOKEN_INDEX
 from .conversation import ConversationTooLongError, normalize_conversation, tokenize_conversation
@@ -72,27 +72,7 @@ def read_instruction_file(json_file: str | os.PathLike) -> list[dict]:
     """Entries of a LLaVA / Video-ChatGPT instruction file, each checked (``ValueError`` naming the
     file, the entry index and what was expected)."""
     json_file = os.fspath(json_file)
-    try:
-        with open(json_file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot read instruction file {json_file}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as first:
-        data = []  # JSON Lines?
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{json_file}: not valid JSON or JSON Lines ({first.msg} at line {first.lineno}; "
-                                 f"line {n} is not a JSON object either)") from None
-    if isinstance(data, Mapping):
-        raise ValueError(f"{json_file}: expected a JSON list of samples, got an object with keys {sorted(data)[:5]}")
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{json_file}: expected a non-empty list of samples")
+    data = read_json_list(json_file, "samples")
     for index, entry in enumerate(data):
         _check_entry(json_file, index, entry)
     return data
@@ -128,7 +108,7 @@ def _check_entry(json_file: str, index: int, entry: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # dataset
 # ---------------------------------------------------------------------------------------------
-class VideoInstructionDataset(Dataset):
+class VideoInstructionDataset(BadSampleBookkeeping, Dataset):
     """Conversations with an optional video or image, tokenized for training (see module docstring).
 
     Items are dicts ``{"input_ids", "labels"}`` (1-D LongTensors from
@@ -136,6 +116,8 @@ class VideoInstructionDataset(Dataset):
     ``None``, ``"image"`` ``(3, H, W)`` or ``None``, and ``"index"``: the entry actually loaded
     (the replacement when entry ``i`` was unusable).
     """
+
+    bad_word = "unusable"  # unreadable media or a conversation too long for max_length
 
     def __init__(
         self,
@@ -172,7 +154,6 @@ class VideoInstructionDataset(Dataset):
         self.img_size = int(img_size)
         self.mode = mode
         self.max_length = None if max_length is None else int(max_length)
-        self.max_bad_fraction = float(max_bad_fraction)
         self.seed = int(seed)
         self.system = system
         self.short_side = short_side
@@ -182,21 +163,11 @@ class VideoInstructionDataset(Dataset):
         self.flip = bool(flip)
         self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
         self.backend = backend
-        self.registry = BadSampleRegistry(bad_sample_dir)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._local_bad: set[int] = set()
+        self._init_bookkeeping(self.json_file, self.media_root, max_bad_fraction, bad_sample_dir)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.entries)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream; visible to already-running DataLoader workers."""
-        self._epoch.fill_(int(epoch))
 
     def modality(self, index: int) -> str | None:
         """"video", "image" or ``None`` (text only) for entry ``index``."""
@@ -207,32 +178,6 @@ class VideoInstructionDataset(Dataset):
         kind = self.modality(index)
         return None if kind is None else os.path.join(self.media_root, self.entries[index][kind])
 
-    def bad_samples(self) -> list[BadSample]:
-        """Every unusable sample found so far by any process, sorted by index."""
-        return self.registry.samples()
-
-    def bad_sample_summary(self, limit: int | None = 20) -> str:
-        return format_bad_samples(self.bad_samples(), limit)
-
-    def check_bad_fraction(self) -> None:
-        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the file is unusable."""
-        count = self.registry.count()
-        limit = self.max_bad_fraction * len(self)
-        if count > limit:
-            raise BadDataError(
-                f"{self.json_file}: {count} of {len(self)} samples are unusable ({count / len(self):.1%}), more "
-                f"than max_bad_fraction={self.max_bad_fraction:g} (at most {int(limit)} allowed); check the file "
-                f"and the media root {self.media_root!r}.\n{format_bad_samples(self.bad_samples(), limit=5)}"
-            )
-
-    def _report_bad(self, index: int, path: str, reason: str) -> None:
-        self._local_bad.add(index)
-        if self.registry.record(BadSample(index, path, reason, self.epoch)):
-            logger.warning("unusable sample %d (%s): %s; substituting the next usable sample", index, path, reason)
-        self.check_bad_fraction()
-
-    def _known_bad(self, index: int) -> bool:
-        return index in self._local_bad or self.registry.contains(index)
 
     # -- loading ------------------------------------------------------------------------------
     def load(self, index: int, generator: torch.Generator | None = None) -> dict:
@@ -257,25 +202,15 @@ class VideoInstructionDataset(Dataset):
         return item
 
     def __getitem__(self, index: int) -> dict:
-        n = len(self)
-        index = int(index) % n
-        epoch = self.epoch
-        current = index
-        for _ in range(n):
-            if not self._known_bad(current):
-                extra = () if current == index else (current,)
-                g = torch.Generator()
-                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
-                try:
-                    return self.load(current, g)
-                except VideoDecodeError as err:
-                    path = self.media_path(current) or ""
-                    self._report_bad(current, path, err.reason if err.path == path else f"{err.path}: {err.reason}")
-                except ConversationTooLongError as err:
-                    self._report_bad(current, self.media_path(current) or f"{self.json_file}#{current}", err.reason)
-            current = (current + 1) % n
-        self.check_bad_fraction()
-        raise BadDataError(f"{self.json_file}: no usable sample in the whole file")
+        return self._load_usable(index, self.load, (VideoDecodeError, ConversationTooLongError))[1]
+
+    def _report_bad(self, index: int, err: Exception) -> None:
+        path = self.media_path(index)
+        if isinstance(err, VideoDecodeError):
+            reason = err.reason if err.path == path else f"{err.path}: {err.reason}"
+        else:
+            reason = str(getattr(err, "reason", err))
+        self._record_bad(index, path or f"{self.json_file}#{index}", reason)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(json_file={self.json_file!r}, samples={len(self)}, mode={self.mode!r}, "

@@ -14,7 +14,6 @@ the new tokens begin, and ``generate`` derives position ids from the attention m
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -464,18 +463,11 @@ class VideoLLM(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, **config_overrides: Any) -> VideoLLM:
         """Restore a :meth:`save_pretrained` directory; ``config_overrides`` (VideoLLMConfig
         fields, e.g. ``llm_dtype="bfloat16"``) win over the saved values."""
+        from ..io import read_saved_json
+
         directory = os.fspath(directory)
         path = os.path.join(directory, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (expected a directory written by "
-                                    "VideoLLM.save_pretrained)")
-        with open(path, encoding="utf-8") as f:
-            try:
-                saved = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            raise ValueError(f"{path}: expected {{\"config\": {{...}}, \"llm_weights\": ...}}")
+        saved = read_saved_json(directory, CONFIG_FILE, "VideoLLM.save_pretrained")
         state = saved.get("llm_weights", "source")
         if state not in ("source", "full", "lora"):
             raise ValueError(f"{path}: llm_weights: expected 'source', 'full' or 'lora', got {state!r}")

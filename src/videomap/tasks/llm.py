@@ -11,7 +11,6 @@ stage 2 (``instruct``) the projector and the LM (full, or LoRA adapters), starti
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from ..config import JobConfig, LlmSection, dump_config
 from ..engine import Trainer, autocast, default_device, is_main_process, resolve_amp
-from ..io import write_json
+from ..io import read_saved_json, write_json
 from .common import output_path
 
 log = logging.getLogger(__name__)
@@ -53,18 +52,8 @@ def lora_kwargs(section: LlmSection) -> dict[str, Any] | None:
 
 def _saved_model(directory: str) -> dict[str, Any]:
     """``videomap_llm.json`` of a saved Video-LLM: ``{"config": {...}, "llm_weights": ...}``."""
-    path = os.path.join(directory, SAVED_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory}: no {SAVED_CONFIG_FILE} (expected the final/ directory of "
-                                "`videomap llm-train`, written by VideoLLM.save_pretrained)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            saved = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise ValueError(f"{path}: expected {{\"config\": {{...}}, \"llm_weights\": ...}}")
-    return saved
+    return read_saved_json(directory, SAVED_CONFIG_FILE,
+                           "`videomap llm-train` (its final/ directory, VideoLLM.save_pretrained)")
 
 
 def load_video_llm(cfg: JobConfig, directory: str, what: str = "llm.init_from"):

@@ -44,7 +44,6 @@ Determinism
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -55,9 +54,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.dataset import BadDataError, BadSample, BadSampleRegistry, format_bad_samples
+from ..data.dataset import BadDataError, BadSampleBookkeeping
 from ..data.decode import VideoDecodeError
 from ..data.media import load_image, load_video
+from ..io import read_json_list
 from ..seeding import sample_seed
 
 __all__ = [
@@ -103,29 +103,7 @@ class CaptionEntry:
 
 
 def _read_json_list(json_file: str) -> list:
-    try:
-        with open(json_file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot read caption file {json_file}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as first:
-        data = []  # JSON Lines?
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{json_file}: not valid JSON or JSON Lines ({first.msg} at line {first.lineno}; "
-                                 f"line {n} is not a JSON object either)") from None
-    if isinstance(data, Mapping):
-        raise ValueError(f"{json_file}: expected a JSON list of {{'video' | 'image', 'caption'}} objects, "
-                         f"got an object with keys {sorted(data)[:5]}")
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{json_file}: expected a non-empty list of {{'video' | 'image', 'caption'}} objects")
-    return data
+    return read_json_list(json_file, "{'video' | 'image', 'caption'} objects")
 
 
 def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
@@ -205,7 +183,7 @@ def _load_media(path: str, kind: str, num_frames: int, img_size: int, mode: str,
 # ---------------------------------------------------------------------------------------------
 # training dataset
 # ---------------------------------------------------------------------------------------------
-class VideoCaptionDataset(Dataset):
+class VideoCaptionDataset(BadSampleBookkeeping, Dataset):
     """Video (or image) + one tokenized caption per item (see module docstring).
 
     One item per media file: an entry listing several videos gives one item each, with the entry's
@@ -256,7 +234,6 @@ class VideoCaptionDataset(Dataset):
         self.mode = mode
         self.max_text_len = int(max_text_len)
         self.seed = int(seed)
-        self.max_bad_fraction = float(max_bad_fraction)
         self.paragraph = bool(paragraph)
         self.clean_text = bool(clean_text)
         self.short_side = short_side
@@ -272,21 +249,11 @@ class VideoCaptionDataset(Dataset):
                 key = os.path.normpath(path)
                 self.samples.append((pos, path, ids.setdefault(key, len(ids))))
         self.num_videos = len(ids)
-        self.registry = BadSampleRegistry(bad_sample_dir)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._local_bad: set[int] = set()
+        self._init_bookkeeping(self.json_file, self.media_root, max_bad_fraction, bad_sample_dir)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.samples)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the caption and augmentation stream; visible to already-running DataLoader workers."""
-        self._epoch.fill_(int(epoch))
 
     def media_path(self, index: int) -> str:
         return self.samples[index][1]
@@ -295,34 +262,9 @@ class VideoCaptionDataset(Dataset):
         """The candidate texts of item ``index`` (cleaned; one paragraph when ``paragraph=True``)."""
         return _texts(self.entries[self.samples[index][0]], self.paragraph, self.clean_text)
 
-    def bad_samples(self) -> list[BadSample]:
-        """Every unreadable sample found so far by any process, sorted by index."""
-        return self.registry.samples()
-
-    def bad_sample_summary(self, limit: int | None = 20) -> str:
-        return format_bad_samples(self.bad_samples(), limit)
-
-    def check_bad_fraction(self) -> None:
-        """Raise :class:`BadDataError` if more than ``max_bad_fraction`` of the file is unreadable."""
-        count = self.registry.count()
-        limit = self.max_bad_fraction * len(self)
-        if count > limit:
-            raise BadDataError(
-                f"{self.json_file}: {count} of {len(self)} samples are unreadable ({count / len(self):.1%}), more "
-                f"than max_bad_fraction={self.max_bad_fraction:g} (at most {int(limit)} allowed); check the file "
-                f"and the media root {self.media_root!r}.\n{format_bad_samples(self.bad_samples(), limit=5)}"
-            )
-
     def _report_bad(self, index: int, err: VideoDecodeError) -> None:
-        self._local_bad.add(index)
         path = self.media_path(index)
-        reason = err.reason if err.path == path else f"{err.path}: {err.reason}"
-        if self.registry.record(BadSample(index, path, reason, self.epoch)):
-            logger.warning("unreadable sample %d (%s): %s; substituting the next readable sample", index, path, reason)
-        self.check_bad_fraction()
-
-    def _known_bad(self, index: int) -> bool:
-        return index in self._local_bad or self.registry.contains(index)
+        self._record_bad(index, path, err.reason if err.path == path else f"{err.path}: {err.reason}")
 
     # -- loading ------------------------------------------------------------------------------
     def choose_text(self, index: int, generator: torch.Generator | None = None) -> str:
@@ -349,22 +291,7 @@ class VideoCaptionDataset(Dataset):
                 "index": index, "video_id": video_id}
 
     def __getitem__(self, index: int) -> dict:
-        n = len(self)
-        index = int(index) % n
-        epoch = self.epoch
-        current = index
-        for _ in range(n):
-            if not self._known_bad(current):
-                extra = () if current == index else (current,)
-                g = torch.Generator()
-                g.manual_seed(sample_seed(self.seed, epoch, index, *extra))
-                try:
-                    return self.load(current, g)
-                except VideoDecodeError as err:
-                    self._report_bad(current, err)
-            current = (current + 1) % n
-        self.check_bad_fraction()
-        raise BadDataError(f"{self.json_file}: no readable sample in the whole file")
+        return self._load_usable(index, self.load)[1]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(json_file={self.json_file!r}, samples={len(self)}, mode={self.mode!r}, "

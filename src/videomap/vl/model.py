@@ -23,7 +23,6 @@ there). Images are 1-frame clips ``(B, 3, 1, H, W)``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -511,20 +510,10 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         """Restore a :meth:`save_pretrained` directory. ``config_overrides`` (VideoTextConfig fields,
         e.g. ``uta=0`` for the unmasked phase) win over the saved values; ``teacher=False`` skips
         loading the teacher (evaluation)."""
-        from ..io import load_safetensors
+        from ..io import load_safetensors, read_saved_json
 
         directory = os.fspath(directory)
-        path = os.path.join(directory, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (expected a directory written by "
-                                    "VideoTextModel.save_pretrained)")
-        with open(path, encoding="utf-8") as f:
-            try:
-                saved = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            raise ValueError(f"{path}: expected {{\"config\": {{...}}}}")
+        saved = read_saved_json(directory, CONFIG_FILE, "VideoTextModel.save_pretrained")
         data = dict(saved["config"])
         data.update(text_encoder=os.path.join(directory, TEXT_DIR), tokenizer=None, local_files_only=True,
                     video_checkpoint=os.path.join(directory, VIDEO_DIR))
