@@ -1,5 +1,5 @@
 """Command line: ``videomap pretrain | finetune | evaluate | extract | export | llm-train | llm-eval | chat |
-demo | models``.
+vl-train | retrieval-eval | search | demo | models``.
 
 Every training command takes ``--config file.yaml`` and ``key=value`` overrides
 (``train.epochs=5 model.name=videomap_small``); unknown keys are errors listing the valid ones.
@@ -15,6 +15,7 @@ import sys
 import time
 
 LLM_COMMANDS = ("llm-train", "llm-eval", "chat")
+VL_COMMANDS = ("vl-train", "retrieval-eval", "search")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                             ("extract", "per-video features with sliding windows"),
                             ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch"),
                             ("llm-train", "train a Video-LLM stage (llm.stage: align | instruct), see docs/llm.md"),
-                            ("llm-eval", "video QA accuracy of a trained Video-LLM (open-ended or multiple choice)")]:
+                            ("llm-eval", "video QA accuracy of a trained Video-LLM (open-ended or multiple choice)"),
+                            ("vl-train", "video-text pre-training (VTC, VTM, MLM, UTA), see docs/retrieval.md"),
+                            ("retrieval-eval", "text-to-video and video-to-text retrieval of a trained video-text "
+                             "model")]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
@@ -39,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                            "gives the model unless the job names one)")
         if name == "llm-eval":
             p.add_argument("--checkpoint", help="the final/ directory of `videomap llm-train` (default: llm.init_from)")
-        if name in ("pretrain", "finetune", "llm-train"):
+        if name == "retrieval-eval":
+            p.add_argument("--checkpoint", help="the final/ directory of `videomap vl-train` (default: vl.init_from)")
+        if name in ("pretrain", "finetune", "llm-train", "vl-train"):
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     c = sub.add_parser("chat", help="ask a trained Video-LLM about a video or an image")
     c.add_argument("--checkpoint", required=True, help="the final/ directory of `videomap llm-train`")
@@ -50,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--llm-dtype", choices=("float32", "bfloat16", "float16"),
                    help="load the LM in this precision (default: as saved)")
     c.add_argument("question", help='e.g. "What happens in this video?"')
+    s = sub.add_parser("search", help="text search over a folder of videos with a trained video-text model")
+    s.add_argument("--index", required=True, help="index directory (created on first use; it remembers the model "
+                   "it was built with)")
+    s.add_argument("--videos", help="folder (or file) of videos to add first; only new or changed files are embedded")
+    s.add_argument("--checkpoint", help="the final/ directory of `videomap vl-train` (default: the index's model)")
+    s.add_argument("--query", help='e.g. "a person cuts a tomato"')
+    s.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    s.add_argument("--batch-size", type=int, default=8, help="videos embedded at a time")
+    s.add_argument("--rebuild", action="store_true", help="start the index over (e.g. for another model)")
     d = sub.add_parser("demo", help="the end-to-end VideoMAP story on generated videos")
     d.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick with --quick); "
                    "a rerun continues the runs found there")
@@ -57,8 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--llm", action="store_true", help="the toy Video-LLM instead: questions about generated clips, "
                    "answered by a tiny LM on the demo's frozen VideoMAP encoder (default out: runs/llm-demo)")
-    d.add_argument("--demo-dir", help="with --llm: the main demo's run directory whose pre-trained encoder is used "
-                   "(default runs/demo, or runs/demo-quick with --quick); its pre-training runs there if missing")
+    d.add_argument("--vl", action="store_true", help="the toy video-text model instead: generated clips with captions, "
+                   "zero-shot retrieval of held-out clips (default out: runs/vl-demo)")
+    d.add_argument("--demo-dir", help="with --llm or --vl: the main demo's run directory whose pre-trained encoder is "
+                   "used (default runs/demo, or runs/demo-quick with --quick); --llm runs its pre-training there if "
+                   "missing, --vl trains its encoder from scratch instead")
     sub.add_parser("models", help="list registered models with parameter counts")
     return ap
 
@@ -132,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     set_wait_policy()
     args = _parser().parse_args(argv)
     _setup_logging()
-    if args.command in LLM_COMMANDS or getattr(args, "llm", False):
+    if args.command in LLM_COMMANDS + VL_COMMANDS or getattr(args, "llm", False) or getattr(args, "vl", False):
         _quiet_transformers()
     try:
         if args.command == "models":
@@ -149,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             from .engine.threads import configure_threads
 
             configure_threads(num_workers=0)  # the demo loads its clips in the main process
+            if args.llm and args.vl:
+                raise ValueError("--llm and --vl: choose one toy model")
+            if args.vl:
+                from .tasks.vl_demo import run_vl_demo
+
+                run_vl_demo(args.out or ("runs/vl-demo-quick" if args.quick else "runs/vl-demo"), quick=args.quick,
+                            seed=args.seed, demo_dir=args.demo_dir)
+                return 0
             if args.llm:
                 from .tasks.llm_demo import run_llm_demo
 
@@ -156,10 +182,19 @@ def main(argv: list[str] | None = None) -> int:
                              seed=args.seed, demo_dir=args.demo_dir)
                 return 0
             if args.demo_dir:
-                raise ValueError("--demo-dir: only used with --llm (the main demo writes to --out)")
+                raise ValueError("--demo-dir: only used with --llm or --vl (the main demo writes to --out)")
             from .tasks.demo import run_demo
 
             run_demo(args.out or ("runs/demo-quick" if args.quick else "runs/demo"), quick=args.quick, seed=args.seed)
+            return 0
+        if args.command == "search":
+            from .engine.threads import configure_threads
+            from .tasks.vl import format_search, run_search
+
+            configure_threads(num_workers=0)
+            print(format_search(run_search(args.index, query=args.query, videos=args.videos,
+                                           checkpoint=args.checkpoint, k=args.k, batch_size=args.batch_size,
+                                           rebuild=args.rebuild)))
             return 0
         if args.command == "chat":
             from .engine.threads import configure_threads
@@ -206,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             from .tasks.llm import run_llm_eval
 
             print(json.dumps(run_llm_eval(cfg, args.checkpoint), indent=1))
+        elif args.command == "vl-train":
+            from .tasks.vl import run_vl_train
+
+            run_vl_train(cfg)
+        elif args.command == "retrieval-eval":
+            from .tasks.vl import run_retrieval_eval
+
+            print(json.dumps(run_retrieval_eval(cfg, args.checkpoint), indent=1))
         return 0
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("VIDEOMAP_DEBUG"):
@@ -213,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videomap {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (OSError, ImportError) as e:
-        # a language model that is not on disk (local_files_only) or peft missing: a setup problem
-        if args.command not in LLM_COMMANDS or os.environ.get("VIDEOMAP_DEBUG"):
+        # a language / text model that is not on disk (local_files_only) or peft missing: a setup problem
+        if args.command not in LLM_COMMANDS + VL_COMMANDS or os.environ.get("VIDEOMAP_DEBUG"):
             raise
         print(f"videomap {args.command}: error: {e}", file=sys.stderr)
         return 2

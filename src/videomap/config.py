@@ -1,11 +1,11 @@
 """Job configuration: YAML files mapped onto dataclasses, with ``key=value`` overrides.
 
 A job file has the sections ``model``, ``data``, ``pretrain``, ``finetune``, ``extract``,
-``llm`` (Video-LLM jobs), ``train`` (the engine's :class:`~videomap.engine.TrainConfig`) and the
-top-level keys ``task``, ``blr`` and ``min_blr``. Every value is checked against its field's type
-annotation when the file is loaded: unknown keys and invalid choices are errors that list the
-valid ones, so a typo never silently does nothing and never surfaces deep inside a run after the
-dataset has been built.
+``llm`` (Video-LLM jobs), ``vl`` (video-text jobs), ``train`` (the engine's
+:class:`~videomap.engine.TrainConfig`) and the top-level keys ``task``, ``blr`` and ``min_blr``.
+Every value is checked against its field's type annotation when the file is loaded: unknown keys
+and invalid choices are errors that list the valid ones, so a typo never silently does nothing and
+never surfaces deep inside a run after the dataset has been built.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .pretrain.masking import MaskType
 from .pretrain.objectives import DEFAULT_LOSS_ON, LossOn, Objective, TargetNorm
 from .pretrain.teachers import ClipTarget, TeacherKind
 
-Task = Literal["pretrain", "finetune", "evaluate", "extract", "llm"]
+Task = Literal["pretrain", "finetune", "evaluate", "extract", "llm", "vl"]
 # the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files; one
 # Video-LLM job file serves both training and evaluation)
 TASKS_FOR_COMMAND: dict[str, tuple[str, ...]] = {
@@ -39,6 +39,8 @@ TASKS_FOR_COMMAND: dict[str, tuple[str, ...]] = {
     "export": ("pretrain", "finetune", "evaluate", "extract"),  # only the model section is read
     "llm-train": ("llm",),
     "llm-eval": ("llm",),
+    "vl-train": ("vl",),
+    "retrieval-eval": ("vl",),
 }
 
 
@@ -211,6 +213,96 @@ class LlmSection:
                              "set llm.stage=instruct or llm.lora=null")
 
 
+CaptionMediaType = Literal["auto", "video", "image"]
+
+
+@dataclass
+class CaptionCorpus:
+    """One caption file of a video-text training mix: ``[{"video" | "image": path, "caption": ...}]``."""
+
+    file: str | None = None
+    media_root: str = ""  # prefix of the relative media paths in the file
+    media_type: CaptionMediaType = "auto"  # auto: whichever of "video" / "image" an entry has
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            raise ValueError("file: expected the caption JSON file of this corpus")
+
+
+@dataclass
+class VlSection:
+    """A video-text job (``videomap vl-train`` / ``retrieval-eval``).
+
+    The first block mirrors :class:`videomap.vl.VideoTextConfig` (how the model is built, the loss
+    weights and masks); the rest says what to train on and how to evaluate. ``init_from`` is a
+    saved model (``final/`` of a previous run): the model is then restored from there and the
+    first block only changes what the job gives explicitly (docs/retrieval.md lists which keys
+    may differ from the saved model).
+    """
+
+    text_encoder: str | None = None  # BERT-class masked LM: a local directory or hub id
+    tokenizer: str | None = None  # default: text_encoder
+    local_files_only: bool = True  # never download unless the job says so
+    video_encoder: str = "videomamba_middle"
+    video_checkpoint: str | None = None
+    video_overrides: dict[str, Any] = field(default_factory=dict)
+    num_frames: int = 8
+    img_size: int = 224
+    embed_dim: int = 512
+    temp_init: float = 0.07
+    fusion_layers: int = 3  # the text encoder's last layers that cross-attend to the video
+    max_text_len: int = 32
+    vtc: float = 1.0  # loss weights; 0 turns a loss off
+    vtm: float = 1.0
+    mlm: float = 1.0
+    uta: float = 1.0
+    mlm_prob: float = 0.5
+    vtm_hard_negatives: bool = True
+    video_mask_type: MaskType = "attention"
+    video_mask_ratio: float = 0.8
+    image_mask_type: MaskType = "attention"
+    image_mask_ratio: float = 0.5
+    uta_teacher: str = "pixel"  # "pixel", "pixel_motion", "none" or a CLIP directory / hub id
+    uta_clip_target: ClipTarget = "videomamba"
+
+    init_from: str | None = None  # a saved VideoTextModel directory to start from
+    masked: bool = True  # false: every token enters the encoder (the final unmasked tuning phase)
+    train_data: list[CaptionCorpus] = field(default_factory=list)
+    flip: bool = True  # random horizontal flip in training (UMT's transform)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop area range in training
+    max_bad_fraction: float = 0.1
+
+    eval_json: str | None = None  # retrieval test set (caption JSON); also evaluated during vl-train
+    eval_media_root: str = ""
+    paragraph: bool = False  # join a video's captions into one text (DiDeMo / ActivityNet paragraphs)
+    rerank_k: int = 128  # VTM re-ranking of each query's top k; 0: similarity only
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "img_size", "embed_dim", "fusion_layers", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_text_len < 2:
+            raise ValueError(f"max_text_len must be >= 2 ([CLS] and [SEP]), got {self.max_text_len}")
+        if self.rerank_k < 0:
+            raise ValueError(f"rerank_k must be >= 0 (0: no re-ranking), got {self.rerank_k}")
+        weights = {name: getattr(self, name) for name in ("vtc", "vtm", "mlm", "uta")}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"loss weights vtc/vtm/mlm/uta must be >= 0 with at least one > 0, got {weights}")
+        if not 0.0 < self.mlm_prob < 1.0:
+            raise ValueError(f"mlm_prob must be in (0, 1), got {self.mlm_prob}")
+        for kind in ("video", "image"):
+            ratio = getattr(self, f"{kind}_mask_ratio")
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"{kind}_mask_ratio must be in [0, 1), got {ratio}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be 0 < min <= max <= 1, got {list(self.crop_scale)}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if not self.uta_teacher:
+            raise ValueError("uta_teacher: expected 'pixel', 'pixel_motion', 'none' or a CLIP directory / hub id")
+
+
 @dataclass
 class JobConfig:
     task: Task = "finetune"
@@ -222,6 +314,7 @@ class JobConfig:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     extract: ExtractSection = field(default_factory=ExtractSection)
     llm: LlmSection = field(default_factory=LlmSection)
+    vl: VlSection = field(default_factory=VlSection)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     # dotted keys the YAML file or the overrides set explicitly (not a field: never dumped)
