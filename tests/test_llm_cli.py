@@ -27,16 +27,12 @@ from videomap.config import load_config
 from videomap.engine import TrainConfig, Trainer, load_train_state
 from videomap.llm.tiny import build_tiny_causal_lm, build_word_tokenizer
 from videomap.models import create_model
+from videomap.tasks.demo import read_clip_list
 from videomap.tasks.llm_demo import caption_items, conversation_items, qa_items, vocabulary_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 LLM_CONFIGS = ROOT / "configs" / "llm"
 ENCODER = {"depth": 2, "embed_dim": 32, "attn_every": 2}
-
-
-def _read_list(path: str) -> list[tuple[str, int]]:
-    with open(path) as f:
-        return [(line.split(",")[0], int(line.strip().split(",")[1])) for line in f if line.strip()]
 
 
 def _dump(path: Path, obj) -> str:
@@ -49,7 +45,7 @@ def setup(tmp_path_factory, synthetic_videos):
     """Clips, conversation files, a tiny LM + tokenizer, a saved tiny encoder and a job file."""
     root = tmp_path_factory.mktemp("llm_cli")
     train_list, val_list = synthetic_videos(num_train=12, num_val=6)
-    train, test = _read_list(train_list), _read_list(val_list)
+    train, test = read_clip_list(train_list), read_clip_list(val_list)
     test_items = qa_items(test, seed=1)
     questions = [{"video_name": it["video"], "question_id": it["id"],
                   "question": it["conversations"][0]["value"].split("\n", 1)[1]} for it in test_items]

@@ -27,6 +27,7 @@ from videomap.config import load_config
 from videomap.data import SYNTHETIC_CLASSES
 from videomap.data.synthetic import write_video
 from videomap.engine import load_train_state
+from videomap.tasks.demo import read_clip_list
 from videomap.tasks.vl_demo import caption_items, captions, chance_recall, retrieval_items, vocabulary_texts
 from videomap.vl.tiny import build_tiny_bert, build_wordpiece_vocab
 
@@ -35,11 +36,6 @@ VL_CONFIGS = ROOT / "configs" / "vl"
 ENCODER = {"depth": 2, "embed_dim": 32, "attn_every": 2}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "white": (240, 240, 240), "purple": (150, 30, 170)}
-
-
-def _read_list(path: str) -> list[tuple[str, int]]:
-    with open(path) as f:
-        return [(line.split(",")[0], int(line.strip().split(",")[1])) for line in f if line.strip()]
 
 
 def _dump(path: Path, obj) -> str:
@@ -63,7 +59,7 @@ def setup(tmp_path_factory, synthetic_videos):
     losses and masks (VTC, VTM, MLM and UTA with the pixel teacher, attention masking)."""
     root = tmp_path_factory.mktemp("vl_cli")
     train_list, val_list = synthetic_videos(num_train=12, num_val=6)
-    train, test = _read_list(train_list), _read_list(val_list)
+    train, test = read_clip_list(train_list), read_clip_list(val_list)
     bert = _tiny_bert(root, vocabulary_texts())
     job = {
         "task": "vl",
@@ -356,14 +352,14 @@ def mixed_data(tmp_path_factory, synthetic_videos):
 
     root = tmp_path_factory.mktemp("vl_mixed")
     train_list, val_list = synthetic_videos(num_train=12, num_val=6)
-    videos = caption_items(_read_list(train_list))[:6]
+    videos = caption_items(read_clip_list(train_list))[:6]
     images = []
     for i, (name, rgb) in enumerate(COLOURS.items()):
         path = root / f"{name}.png"
         Image.fromarray(np.broadcast_to(np.array(rgb, dtype=np.uint8), (32, 32, 3)).copy()).save(path)
         images.append({"image": str(path), "caption": captions(SYNTHETIC_CLASSES[i])})
     return {"video": _dump(root / "videos.json", videos), "image": _dump(root / "images.json", images),
-            "test": _dump(root / "test.json", retrieval_items(_read_list(val_list))), "root": root,
+            "test": _dump(root / "test.json", retrieval_items(read_clip_list(val_list))), "root": root,
             "bert": _tiny_bert(root, vocabulary_texts())}
 
 

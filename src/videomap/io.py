@@ -86,9 +86,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> str:
+    """Write ``obj`` as JSON atomically; returns the path."""
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent)
+    return os.fspath(path)
 
 
 def read_json_list(path: str | os.PathLike, what: str) -> list:

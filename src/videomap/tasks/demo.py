@@ -20,6 +20,7 @@ mean-pooled head) are in docs/demo.md with the measurements behind them.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -40,6 +41,24 @@ FULL = dict(num_unlabeled=600, num_train=120, num_val=300, clip_frames=16, frame
             embed_dim=64, depth=4, pre_epochs=30, ft_epochs=30, batch=16, pre_lr=1.5e-3, ft_lr=1e-3)
 QUICK = dict(num_unlabeled=32, num_train=24, num_val=12, clip_frames=8, frames=4, size=32, patch=8, tubelet=2,
              embed_dim=32, depth=4, pre_epochs=1, ft_epochs=1, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
+
+
+def demo_params(quick: bool = False) -> dict:
+    """The recipe of the full or quick demo (the other toy demos take their clips and encoder from it)."""
+    return QUICK if quick else FULL
+
+
+def read_clip_list(list_file: str) -> list[tuple[str, int]]:
+    """``(path, label)`` rows of a list written by :func:`~videomap.data.make_synthetic_dataset`."""
+    with open(list_file, encoding="utf-8") as f:
+        return [(row[0], int(row[1])) for row in csv.reader(f) if row]
+
+
+def encoder_overrides(quick: bool = False) -> str:
+    """The demo encoder's architecture, as the YAML text of ``model.overrides``."""
+    p = demo_params(quick)
+    prefix = "model.overrides="
+    return next(o[len(prefix):] for o in model_overrides(p, p["frames"], p["tubelet"]) if o.startswith(prefix))
 
 
 def model_overrides(p: dict, frames: int, tubelet: int, **arch: str) -> list[str]:

@@ -13,7 +13,6 @@ question type is balanced over its answers, so text alone is at chance.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 from ..config import load_config
 from ..data import SYNTHETIC_CLASSES, make_synthetic_dataset
 from ..io import write_json, write_text
+from .demo import demo_params, encoder_overrides, read_clip_list
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def answer_sets() -> dict[str, set[str]]:
     sets = {qtype: set(answers.values()) for qtype, (_, answers) in QUESTION_TYPES.items()}
     sets["yes_no"] = {"yes", "no"}
     return sets
-
-
-def _read_list(list_file: str) -> list[tuple[str, int]]:
-    with open(list_file, encoding="utf-8") as f:
-        return [(row[0], int(row[1])) for row in csv.reader(f) if row]
 
 
 def _turn(question: str, answer: str, with_video: bool) -> list[dict[str, str]]:
@@ -133,20 +128,9 @@ def vocabulary_texts() -> list[str]:
     return texts + list(_YES_NO.values())
 
 
-def _demo_params(quick: bool) -> dict[str, Any]:
-    from .demo import FULL as DEMO_FULL
-    from .demo import QUICK as DEMO_QUICK
-
-    return DEMO_QUICK if quick else DEMO_FULL
-
-
 def demo_encoder_overrides(quick: bool = False) -> str:
     """The main demo's encoder architecture as a ``llm.video_overrides`` value."""
-    from .demo import model_overrides
-
-    p = _demo_params(quick)
-    prefix = "model.overrides="
-    return next(o[len(prefix):] for o in model_overrides(p, p["frames"], p["tubelet"]) if o.startswith(prefix))
+    return encoder_overrides(quick)
 
 
 def demo_encoder(demo_out: str, quick: bool = False, seed: int = 0) -> str:
@@ -159,7 +143,7 @@ def demo_encoder(demo_out: str, quick: bool = False, seed: int = 0) -> str:
     from .demo import pretrain_config
     from .pretrain import run_pretrain
 
-    p = _demo_params(quick)
+    p = demo_params(quick)
     run_dir = os.path.join(demo_out, "pretrain")
     encoder = os.path.join(run_dir, "encoder.safetensors")
     if os.path.isfile(encoder):
@@ -187,11 +171,6 @@ QUICK = dict(num_train=24, num_test=12, lm_hidden=32, lm_layers=1, lm_heads=2,
              instruct_lr=1e-3)
 
 
-def _write_json(path: str, obj: Any) -> str:
-    write_json(path, obj, indent=None)
-    return path
-
-
 def _pair_files(items: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
     """Questions as Video-ChatGPT's ``test_q.json`` / ``test_a.json`` pair, the format the
     papers' MSRVTT-QA / ActivityNet-QA evaluation ships in."""
@@ -199,8 +178,8 @@ def _pair_files(items: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
                   "question": it["conversations"][0]["value"].split("\n", 1)[-1]} for it in items]
     answers = [{"question_id": it["id"], "answer": it["conversations"][1]["value"], "type": it["qtype"]}
                for it in items]
-    return (_write_json(os.path.join(out_dir, "test_q.json"), questions),
-            _write_json(os.path.join(out_dir, "test_a.json"), answers))
+    return (write_json(os.path.join(out_dir, "test_q.json"), questions, indent=None),
+            write_json(os.path.join(out_dir, "test_a.json"), answers, indent=None))
 
 
 def _text_only_answers(model, questions: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
@@ -247,7 +226,7 @@ def run_llm_demo(out: str = "runs/llm-demo", quick: bool = False, seed: int = 0,
     from .llm import run_llm_eval, run_llm_train
 
     p = QUICK if quick else FULL
-    d = _demo_params(quick)  # clip length, frames and size of the main demo (its encoder's input)
+    d = demo_params(quick)  # clip length, frames and size of the main demo (its encoder's input)
     t_start = time.time()
     out = os.path.abspath(out)
     demo_dir = os.path.abspath(demo_dir or ("runs/demo-quick" if quick else "runs/demo"))
@@ -262,10 +241,11 @@ def run_llm_demo(out: str = "runs/llm-demo", quick: bool = False, seed: int = 0,
     log.info("writing %d training and %d held-out clips with questions to %s", p["num_train"], p["num_test"], data)
     train_list, test_list = make_synthetic_dataset(data, num_train=p["num_train"], num_val=p["num_test"],
                                                    num_frames=d["clip_frames"], size=d["size"], seed=seed + 2)
-    train, test = _read_list(train_list), _read_list(test_list)
-    align_json = _write_json(os.path.join(data, "align.json"), caption_items(train))
-    instruct_json = _write_json(os.path.join(data, "instruct.json"), conversation_items(train, seed))
-    text_json = _write_json(os.path.join(data, "instruct_text_only.json"), conversation_items(train, seed, False))
+    train, test = read_clip_list(train_list), read_clip_list(test_list)
+    align_json = write_json(os.path.join(data, "align.json"), caption_items(train), indent=None)
+    instruct_json = write_json(os.path.join(data, "instruct.json"), conversation_items(train, seed), indent=None)
+    text_json = write_json(os.path.join(data, "instruct_text_only.json"), conversation_items(train, seed, False),
+                           indent=None)
     test_items = qa_items(test, seed + 1)
     test_q, test_a = _pair_files(test_items, data)
     lm_dir = os.path.join(out, "lm")

@@ -20,7 +20,6 @@ matching candidates, 1/6 here).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from ..config import load_config
 from ..data import SYNTHETIC_CLASSES, make_synthetic_dataset
 from ..engine.threads import configure_threads
 from ..io import write_json, write_text
+from .demo import demo_params, encoder_overrides, read_clip_list
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def vocabulary_texts() -> list[str]:
     return [c for name in SYNTHETIC_CLASSES for c in captions(name)]
 
 
-def _read_list(list_file: str) -> list[tuple[str, int]]:
-    with open(list_file, encoding="utf-8") as f:
-        return [(row[0], int(row[1])) for row in csv.reader(f) if row]
-
-
 def caption_items(clips: list[tuple[str, int]]) -> list[dict[str, Any]]:
     """Training captions: every phrasing of the clip's class (one is drawn per epoch)."""
     return [{"video": path, "caption": captions(SYNTHETIC_CLASSES[label])} for path, label in clips]
@@ -93,28 +88,11 @@ def chance_recall(num_candidates: int, num_matching: int, k: int) -> float:
     return 100.0 * (1.0 - math.comb(num_candidates - num_matching, k) / math.comb(num_candidates, k))
 
 
-def _demo_params(quick: bool) -> dict[str, Any]:
-    from .demo import FULL as DEMO_FULL
-    from .demo import QUICK as DEMO_QUICK
-
-    return DEMO_QUICK if quick else DEMO_FULL
-
-
 def demo_video_overrides(quick: bool = False) -> dict[str, Any]:
     """The main demo's encoder architecture (``vl.video_overrides``)."""
     import yaml
 
-    from .demo import model_overrides
-
-    p = _demo_params(quick)
-    prefix = "model.overrides="
-    text = next(o[len(prefix):] for o in model_overrides(p, p["frames"], p["tubelet"]) if o.startswith(prefix))
-    return yaml.safe_load(text)
-
-
-def _write_json(path: str, obj: Any) -> str:
-    write_json(path, obj, indent=None)
-    return path
+    return yaml.safe_load(encoder_overrides(quick))
 
 
 def run_vl_demo(out: str = "runs/vl-demo", quick: bool = False, seed: int = 0, demo_dir: str | None = None,
@@ -129,7 +107,7 @@ def run_vl_demo(out: str = "runs/vl-demo", quick: bool = False, seed: int = 0, d
     from .vl import run_retrieval_eval, run_search, run_vl_train
 
     p = {**(QUICK if quick else FULL), **(params or {})}
-    d = _demo_params(quick)  # clip length, frames and size of the main demo (its encoder's input)
+    d = demo_params(quick)  # clip length, frames and size of the main demo (its encoder's input)
     t_start = time.time()
     out = os.path.abspath(out)
     demo_dir = os.path.abspath(demo_dir or ("runs/demo-quick" if quick else "runs/demo"))
@@ -148,9 +126,9 @@ def run_vl_demo(out: str = "runs/vl-demo", quick: bool = False, seed: int = 0, d
     log.info("writing %d training and %d held-out clips with captions to %s", p["num_train"], p["num_test"], data)
     train_list, test_list = make_synthetic_dataset(data, num_train=p["num_train"], num_val=p["num_test"],
                                                    num_frames=d["clip_frames"], size=d["size"], seed=seed + 3)
-    train, test = _read_list(train_list), _read_list(test_list)
-    train_json = _write_json(os.path.join(data, "train_captions.json"), caption_items(train))
-    test_json = _write_json(os.path.join(data, "test_retrieval.json"), retrieval_items(test))
+    train, test = read_clip_list(train_list), read_clip_list(test_list)
+    train_json = write_json(os.path.join(data, "train_captions.json"), caption_items(train), indent=None)
+    test_json = write_json(os.path.join(data, "test_retrieval.json"), retrieval_items(test), indent=None)
     text_dir = os.path.join(out, "text")
     tokenizer = build_wordpiece_vocab(vocabulary_texts(), os.path.join(text_dir, "tokenizer"))
     bert = build_tiny_bert(os.path.join(text_dir, "bert"), tokenizer, hidden_size=p["text_hidden"],
