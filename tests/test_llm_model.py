@@ -25,7 +25,6 @@ from videomap.llm import (
     build_projector,
 )
 from videomap.llm.tiny import build_tiny_causal_lm, build_word_tokenizer
-from videomap.llm.vision import block_outputs, final_norm
 from videomap.models import create_model
 
 TEXTS = [
@@ -189,9 +188,15 @@ def test_feature_layer_is_the_stream_a_deeper_block_reads(name, overrides):
     net = create_model(name, num_classes=0, **CLIP, **overrides).eval()
     video = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
-        x = net.embed(video)
-        streams = list(block_outputs(net, x))
-        torch.testing.assert_close(final_norm(net, streams[-1]), net.forward_blocks(x))
+        final, streams = net.forward_intermediates(video)
+        assert len(streams) == len(net.block_names())
+        torch.testing.assert_close(final, net.forward_features(video))
+        torch.testing.assert_close(net.final_norm(streams[-1]), final)
+        for k in (0, len(streams) - 1):
+            early = net.forward_intermediates(video, [k], stop_early=True, intermediates_only=True)
+            torch.testing.assert_close(early[0], streams[k])
+            normed = net.forward_intermediates(video, [k], norm=True, intermediates_only=True)
+            torch.testing.assert_close(normed[0], net.final_norm(streams[k]))
         last = VisionTower(net, feature_layer=-1).encode_video(video)
         torch.testing.assert_close(last, net.forward_features(video)[:, 1:])
         # the input of block k+1, caught by a hook during the backbone's own forward pass

@@ -271,3 +271,24 @@ def test_grad_checkpointing_recomputes_in_backward():
     assert len(calls) == 1  # nothing to recompute without autograd
     with pytest.raises(ValueError, match="num_blocks"):
         m.set_grad_checkpointing(True, -1)
+
+
+def test_forward_intermediates_indices_follow_timm():
+    torch.manual_seed(0)
+    net = create_model("videomap_tiny", num_classes=0, num_frames=4, img_size=32, patch_size=8,
+                       depth=4, embed_dim=32, attn_every=2).eval()
+    n = len(net.block_names())
+    assert net.block_indices(None) == list(range(n))
+    assert net.block_indices(2) == [n - 2, n - 1]
+    assert net.block_indices([-1, 0, 0]) == [0, n - 1]
+    for bad in (0, n + 1, [n], [1.5]):
+        with pytest.raises(ValueError, match="indices"):
+            net.block_indices(bad)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        final, inter = net.forward_intermediates(video, 2)
+        _, every = net.forward_intermediates(video)
+    assert len(inter) == 2 and len(every) == n
+    torch.testing.assert_close(inter[1], every[-1])
+    torch.testing.assert_close(final, net.forward_features(video))
+    assert final.shape == inter[0].shape == (2, 1 + 4 * 16, 32)

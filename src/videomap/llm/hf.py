@@ -20,7 +20,6 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ..models import create_model
 from ..models.registry import model_kwargs
-from .vision import block_outputs, final_norm
 
 __all__ = ["MODEL_TYPE", "VideoMAPEncoderConfig", "VideoMAPEncoderModel", "register_with_transformers"]
 
@@ -92,12 +91,10 @@ class VideoMAPEncoderModel(PreTrainedModel):
                                 else output_hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         x = b.embed(pixel_values)
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = (x, *block_outputs(b, x))
-            last = final_norm(b, hidden_states[-1])
-        else:
-            last = b.forward_blocks(x)
+        take = range(len(b.block_names())) if output_hidden_states else ()
+        stream, streams = b.run_blocks(x, take=take)
+        last = b.final_norm(stream)
+        hidden_states = (x, *streams) if output_hidden_states else None
         if not return_dict:
             return (last, hidden_states) if output_hidden_states else (last,)
         return BaseModelOutput(last_hidden_state=last, hidden_states=hidden_states)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import VideoBackbone, VideoMamba, VisionTransformer, create_model, list_models, load_pretrained
+from ..models import VideoBackbone, create_model, list_models, load_pretrained
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VisionTower", "block_outputs", "build_backbone", "final_norm"]
+__all__ = ["VisionTower", "build_backbone"]
 
 
 def build_backbone(name: str, *, num_frames: int, img_size: int, checkpoint: str | os.PathLike | None = None,
@@ -48,48 +46,6 @@ def build_backbone(name: str, *, num_frames: int, img_size: int, checkpoint: str
     else:
         log.warning("%s: %s has random weights (no checkpoint given)", what, name)
     return model
-
-
-def block_outputs(backbone: VideoBackbone, x: torch.Tensor, stop: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the residual stream after each block of ``backbone`` (execution order), before the
-    final norm, for embedded tokens ``x``; stops after block ``stop`` (an index) when given.
-
-    The stream is what the next block reads, so an intermediate layer's features are the same
-    tensor a deeper block would see (LLaVA's penultimate-layer features are of this kind). Drop
-    path is left out of the sum: towers extract features in eval mode, where it is the identity.
-    """
-    names = backbone.block_names()
-    last = len(names) - 1 if stop is None else stop
-    if isinstance(backbone, VideoMamba):
-        hidden, residual = x, None
-        for p, name in enumerate(names[: last + 1]):
-            kind, i = name.split(".")
-            if kind == "layers":
-                hidden, residual = backbone.run_block(p, backbone.layers[int(i)], hidden, residual)
-            elif backbone.attn_wiring == "branch":
-                hidden = backbone.run_block(p, backbone.attn_layers[int(i)], hidden) + hidden
-            else:
-                stream = hidden if residual is None else residual + hidden
-                hidden = backbone.run_block(p, backbone.attn_layers[int(i)], backbone._stream_precision(stream))
-                residual = None
-            yield hidden if residual is None else residual + hidden
-    elif isinstance(backbone, VisionTransformer):
-        for p, blk in enumerate(backbone.blocks[: last + 1]):
-            x = backbone.run_block(p, blk, x)
-            yield x
-    else:
-        raise ValueError(f"intermediate features of {type(backbone).__name__} are not supported; "
-                         "use feature_layer=-1 (the final, normalised output)")
-
-
-def final_norm(backbone: VideoBackbone, stream: torch.Tensor) -> torch.Tensor:
-    """The backbone's final norm applied to the stream after its last block (what
-    ``forward_blocks`` returns)."""
-    if isinstance(backbone, VideoMamba):
-        return backbone.norm_f(stream.to(backbone.norm_f.weight.dtype))
-    if isinstance(backbone, VisionTransformer):
-        return backbone.norm(stream)
-    raise ValueError(f"the final norm of {type(backbone).__name__} is not known")
 
 
 def _pooled_len(n: int, stride: int) -> int:
@@ -193,11 +149,11 @@ class VisionTower(nn.Module):
             clip = clip.to(param.dtype)
         grid = b.check_input(clip)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            tokens = b.embed(clip)
             if self.layer_index == len(b.block_names()) - 1:
-                tokens = b.forward_blocks(tokens)
+                tokens = b.forward_features(clip)
             else:
-                tokens = deque(block_outputs(b, tokens, stop=self.layer_index), maxlen=1)[0]
+                tokens = b.forward_intermediates(clip, [self.layer_index], stop_early=True,
+                                                 intermediates_only=True)[0]
             return self._pool(tokens, grid)
 
     def _pool(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -13,6 +13,7 @@ dropped, so the blocks see the visible tokens only, in their original order.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
@@ -26,7 +27,7 @@ GlobalPool = Literal["token", "avg"]
 class VideoBackbone(nn.Module):
     """Base class: embeddings, input checks, masking and classification head.
 
-    Subclasses implement ``forward_blocks(x) -> normalised tokens`` and ``block_names()``.
+    Subclasses implement ``run_blocks`` (the one block loop), ``final_norm`` and ``block_names()``.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, tubelet_size: int = 1,
@@ -128,12 +129,68 @@ class VideoBackbone(nn.Module):
         return block(*args)
 
     # ------------------------------------------------------------------ forward API
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def run_blocks(self, x: torch.Tensor, take: Collection[int] = (),
+                   stop: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:  # pragma: no cover
+        """The one block loop of a backbone: embedded tokens ``x`` through blocks ``0..stop``
+        (execution order; None = all).
+
+        Returns the stream after block ``stop`` (before the final norm; with drop path applied
+        when the loop ran to the end, exactly what the final norm reads in training) and the
+        residual stream after each block whose index is in ``take``, in order. Intermediate
+        streams leave drop path out: they are features, read in eval mode where it is the identity.
+        """
         raise NotImplementedError
+
+    def final_norm(self, stream: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The final norm applied to the stream after the last block."""
+        raise NotImplementedError
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens -> normalised output tokens."""
+        return self.final_norm(self.run_blocks(x)[0])
 
     def forward_features(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens after the final norm: (B, 1 + T'*h*w, d), or (B, 1 + visible, d) with a mask."""
         return self.forward_blocks(self.embed(video, mask))
+
+    def block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """timm's ``indices``: None = every block, an int n = the last n blocks, a sequence = those
+        blocks (negative counts from the end); sorted, each checked against the block count."""
+        n = len(self.block_names())
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices: expected 1..{n} (the last n of {n} blocks), got {indices}")
+            return list(range(n - indices, n))
+        out = []
+        for i in indices:
+            if not isinstance(i, int) or not -n <= i < n:
+                raise ValueError(f"indices: expected block indices in [-{n}, {n}), got {i!r}")
+            out.append(i % n)
+        return sorted(set(out))
+
+    def forward_intermediates(self, video: torch.Tensor, indices: int | Sequence[int] | None = None, *,
+                              norm: bool = False, mask: torch.Tensor | None = None, stop_early: bool = False,
+                              intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens (B, 1 + N, d) after chosen blocks, timm's convention.
+
+        Each intermediate is the residual stream after that block (what the next block reads),
+        passed through the final norm when ``norm``. Returns ``(final, intermediates)`` where
+        ``final`` is :meth:`forward_features`' output, or only the list with
+        ``intermediates_only``. ``stop_early`` runs no block past the last one asked for (then
+        ``final`` is the final norm of that block's stream).
+        """
+        take = self.block_indices(indices)
+        last = len(self.block_names()) - 1
+        stop = (take[-1] if take else 0) if stop_early else last
+        stream, inter = self.run_blocks(self.embed(video, mask), take=frozenset(take), stop=stop)
+        if norm:
+            inter = [self.final_norm(t) for t in inter]
+        if intermediates_only:
+            return inter
+        return self.final_norm(stream), inter
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classifier on the cls token (``global_pool="token"``, VideoMamba) or on the mean of the

@@ -8,6 +8,7 @@ hybrid are ``attn_layers.K`` so the Mamba part keeps VideoMamba's indices.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Literal, get_args
 
 import torch
@@ -111,9 +112,13 @@ class VideoMamba(VideoBackbone):
     def block_names(self) -> list[str]:
         return [f"layers.{i}" if kind == "m" else f"attn_layers.{i}" for kind, i in self._plan]
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, take: Collection[int] = (),
+                   stop: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        end = len(self._plan) - 1
+        stop = end if stop is None else stop
         hidden, residual = x, None
-        for p, (kind, i) in enumerate(self._plan):
+        taken: list[torch.Tensor] = []
+        for p, (kind, i) in enumerate(self._plan[: stop + 1]):
             if kind == "m":
                 hidden, residual = self.run_block(p, self.layers[i], hidden, residual)
             elif self.attn_wiring == "branch":
@@ -121,5 +126,10 @@ class VideoMamba(VideoBackbone):
             else:
                 stream = hidden if residual is None else residual + self.pre_attn_drop[i](hidden)
                 hidden, residual = self.run_block(p, self.attn_layers[i], self._stream_precision(stream)), None
-        stream = hidden if residual is None else residual + self.drop_path(hidden)
+            if p in take:
+                taken.append(hidden if residual is None else residual + hidden)
+        last_drop = self.drop_path if stop == end else nn.Identity()
+        return (hidden if residual is None else residual + last_drop(hidden)), taken
+
+    def final_norm(self, stream: torch.Tensor) -> torch.Tensor:
         return self.norm_f(stream.to(self.norm_f.weight.dtype))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -31,7 +33,15 @@ class VisionTransformer(VideoBackbone):
     def block_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(len(self.blocks))]
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for p, blk in enumerate(self.blocks):
+    def run_blocks(self, x: torch.Tensor, take: Collection[int] = (),
+                   stop: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        stop = len(self.blocks) - 1 if stop is None else stop
+        taken: list[torch.Tensor] = []
+        for p, blk in enumerate(self.blocks[: stop + 1]):
             x = self.run_block(p, blk, x)
-        return self.norm(x)
+            if p in take:
+                taken.append(x)
+        return x, taken
+
+    def final_norm(self, stream: torch.Tensor) -> torch.Tensor:
+        return self.norm(stream)
