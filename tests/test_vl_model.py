@@ -418,3 +418,35 @@ def test_gathered_vtc_two_processes_equals_one_process(tmp_path):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert abs(r["loss"] - r["ref"]) < 1e-6, r
         assert r["grad_err"] < 1e-6 and r["grad_scale"] > 1e-3, r
+
+
+# ---------------------------------------------------------------------------------------------- released checkpoints
+def _authors_layout(encoder: nn.Module, teacher_dim: int) -> dict[str, torch.Tensor]:
+    """``encoder``'s weights as the authors' masked pre-training file holds them: the final norm as
+    ``norm.weight``, the stage-1 alignment head as ``clip_decoder.0.{head,norm}`` and the fixed
+    ``clip_pos_embed`` (video_mm/models/backbones/videomamba/videomamba.py)."""
+    sd = {k: v.clone() for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    sd["norm.weight"] = sd.pop("norm_f.weight")
+    g = torch.Generator().manual_seed(3)
+    d = encoder.embed_dim
+    sd["clip_decoder.0.head.weight"] = torch.randn(teacher_dim, d, generator=g)
+    sd["clip_decoder.0.head.bias"] = torch.randn(teacher_dim, generator=g)
+    sd["clip_decoder.0.norm.weight"] = torch.randn(teacher_dim, generator=g)
+    sd["clip_decoder.0.norm.bias"] = torch.randn(teacher_dim, generator=g)
+    sd["clip_pos_embed"] = torch.zeros(1, 17, teacher_dim)
+    return {f"module.{k}": v for k, v in sd.items()}
+
+
+def test_authors_masked_checkpoint_loads_strictly(bert_dir, tmp_path):
+    from videomap.models import create_model
+
+    torch.manual_seed(4)
+    source = create_model("videomamba_tiny", num_classes=0, num_frames=4, img_size=32, depth=2, embed_dim=32)
+    with torch.no_grad():
+        source.norm_f.weight.uniform_(0.5, 1.5)
+    path = tmp_path / "videomamba_m16_k400_mask_pt_f8_res224.pth"
+    torch.save({"model": _authors_layout(source, 3 * 16 * 16)}, path)
+    model = make_model(bert_dir, video_checkpoint=str(path))
+    assert torch.equal(model.video_encoder.norm_f.weight, source.norm_f.weight)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.video_encoder.state_dict()[name], tensor), name

@@ -11,6 +11,11 @@ What may legitimately differ between a checkpoint and the model, and is never an
 * ``temporal_pos_embedding`` missing (image checkpoints; left as initialised, zeros);
 * pre-training heads a full pre-training checkpoint carries (``decoder.*``, ``clip_decoder.*`` ...).
 
+The authors' VideoMamba files name the final norm ``norm`` where this library has ``norm_f``
+(``video_mm/models/backbones/videomamba/videomamba.py``, ``self.norm``); the key is renamed on
+load. In their masked pre-training that norm never receives a gradient (the aligned features are
+read before it), so the tensor carries its initial values either way.
+
 Any other tensor whose shape differs means the checkpoint was written for another architecture:
 that is an error unless the caller asks for a partial load (``partial=True``).
 
@@ -42,6 +47,9 @@ _HEAD_PREFIX = "head."
 # keys a checkpoint may lack without being an error: the classifier, and the temporal table of an
 # image checkpoint (VideoMamba initialises it to zeros before video fine-tuning)
 _OPTIONAL_KEYS = ("temporal_pos_embedding",)
+# (checkpoint name, our name) of tensors the authors' files name differently; renamed only when the
+# model has ours and lacks theirs
+_RENAMES = (("norm.weight", "norm_f.weight"), ("norm.bias", "norm_f.bias"))
 _SHOWN = 3  # keys named per problem in messages; the rest are counted
 
 _HINT = ("another architecture wrote it: build that model (from its save_pretrained config.json, or the CLI's "
@@ -89,9 +97,13 @@ def _strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _adapt_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resize position embeddings and inflate 2-D patch kernels to the model's shapes."""
+    """Rename the authors' final-norm key, resize position embeddings and inflate 2-D patch kernels
+    to the model's shapes."""
     sd = dict(sd)
     own = model.state_dict()
+    for theirs, ours in _RENAMES:
+        if theirs in sd and ours in own and ours not in sd and theirs not in own:
+            sd[ours] = sd.pop(theirs)
     grid = getattr(model, "grid", None)
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape and grid:
         sd["pos_embed"] = resize_spatial_pos_embed(sd["pos_embed"], grid[1:])
