@@ -383,6 +383,32 @@ def _fake_model(rs, tokenizer, sim, vtm):
     return FakeVideoTextModel(tokenizer, fingerprints, text_ids, torch.eye(len(rs)), sim, vtm)
 
 
+def test_retrieval_frames_are_resized_whole_as_the_authors_evaluate(tmp_path):
+    """A wide clip whose outer quarters are bright: the released test transform (Resize((224, 224)),
+    video_mm/dataset/__init__.py) keeps them at the edges; a short-side resize + centre crop
+    cuts them off (the option ``test_geometry="center_crop"``)."""
+    wide = np.full((FRAMES, SIZE, 2 * SIZE, 3), 20, dtype=np.uint8)
+    wide[:, :, : SIZE // 2] = 235
+    wide[:, :, -SIZE // 2:] = 235
+    write_video(tmp_path / "wide.mp4", wide)
+    path = _write(tmp_path / "wide.json", [{"video": "wide.mp4", "caption": "a wide clip"}])
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
+
+    def edges(geometry=None) -> tuple[float, float]:
+        kw = {} if geometry is None else {"test_geometry": geometry}
+        clip = RetrievalSet(path, media_root=tmp_path, num_frames=4, img_size=SIZE, **kw)[0]["video"]
+        pixels = (clip * std + mean) * 255  # (3, T, H, W) back to 0-255
+        return float(pixels[..., :2].mean()), float(pixels[..., SIZE // 2 - 2: SIZE // 2 + 2].mean())
+
+    left, middle = edges()
+    assert left > 180 and middle < 60, (left, middle)  # whole frame squeezed: bright edge kept
+    left, middle = edges("center_crop")
+    assert left < 60 and middle < 60, (left, middle)  # the bright quarters are cropped away
+    with pytest.raises(ValueError, match="test_geometry"):
+        RetrievalSet(path, media_root=tmp_path, test_geometry="crop")
+
+
 def test_evaluate_retrieval_with_a_stand_in_model(media, tokenizer, tmp_path):
     root, broken = media
     captions = [["a man is cooking", "a man is cooking in kitchen"], ["a dog runs"], ["red car drives fast"],

@@ -60,14 +60,17 @@ def _restore(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # geometry
 # ---------------------------------------------------------------------------------------------
-def resize(clip: torch.Tensor, size: Size) -> torch.Tensor:
-    """Bilinear resize of every frame to ``size`` (antialiased when shrinking)."""
+def resize(clip: torch.Tensor, size: Size, interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize every frame to ``size`` (antialiased when shrinking); ``interpolation`` is
+    ``"bilinear"`` or ``"bicubic"`` (what the authors' retrieval evaluation uses)."""
     _check_clip(clip)
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation: expected 'bilinear' or 'bicubic', got {interpolation!r}")
     h, w = _pair(size)
     if clip.shape[-2:] == (h, w):
         return clip
     x = clip.permute(1, 0, 2, 3).float()  # frames as a batch: (T, C, H, W)
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(x, size=(h, w), mode=interpolation, align_corners=False, antialias=True)
     return _restore(x, clip.dtype).permute(1, 0, 2, 3).contiguous()
 
 

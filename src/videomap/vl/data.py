@@ -25,9 +25,11 @@ Text
 Media
     Decoded by :func:`videomap.data.media.load_video` / :func:`~videomap.data.media.load_image` (segment
     sampling; random frame per segment and one random resized crop in ``mode="train"``, segment
-    centres and a centre crop in ``mode="test"``). An image is a one-frame video ``(3, 1, H, W)``;
-    image and video samples cannot share a batch (``T`` differs), so keep corpora of each kind in
-    their own loader as the authors do.
+    centres in ``mode="test"``). The retrieval set resizes the whole frame to ``img_size`` square
+    by default, as the authors' evaluation (``video_mm/dataset/__init__.py``, ``test_transform``);
+    ``test_geometry="center_crop"`` takes a short-side resize and a centre crop. An image is a
+    one-frame video ``(3, 1, H, W)``; image and video samples cannot share a batch (``T`` differs),
+    so keep corpora of each kind in their own loader as the authors do.
 
 Bad samples (training)
     As :class:`videomap.data.VideoClsDataset`: warned once, recorded in a cross-process
@@ -56,7 +58,7 @@ from torch.utils.data import Dataset
 
 from ..data.dataset import BadDataError, BadSampleBookkeeping
 from ..data.decode import VideoDecodeError
-from ..data.media import load_image, load_video
+from ..data.media import TEST_GEOMETRIES, TestGeometry, load_image, load_video
 from ..io import read_json_list
 from ..seeding import sample_seed
 
@@ -172,9 +174,10 @@ def _check_mode(mode: str) -> None:
 
 def _load_media(path: str, kind: str, num_frames: int, img_size: int, mode: str, generator: torch.Generator | None,
                 min_frames: int, backend: str, short_side: int | None, crop_scale: tuple[float, float],
-                flip: bool) -> torch.Tensor:
+                flip: bool, test_geometry: TestGeometry = "center_crop") -> torch.Tensor:
     """``(3, T, H, W)`` float clip; an image is a one-frame clip. Raises ``VideoDecodeError``."""
-    common = dict(generator=generator, short_side=short_side, crop_scale=crop_scale, flip=flip)
+    common = dict(generator=generator, short_side=short_side, crop_scale=crop_scale, flip=flip,
+                  test_geometry=test_geometry)
     if kind == "image":
         return load_image(path, img_size, mode, **common).unsqueeze(1)
     return load_video(path, num_frames, img_size, mode, min_frames=min_frames, backend=backend, **common)
@@ -330,7 +333,9 @@ class RetrievalSet(Dataset):
     its captions joined; ``txt2vid[t]``: the ground-truth video indices of text ``t`` (one, or several
     for an entry listing several videos); ``vid2txt[v]``: the ground-truth text indices of video
     ``v``. ``group_texts=True`` also merges identical texts into one query whose ground truth is all
-    their videos (label-style text such as SSv2 classes).
+    their videos (label-style text such as SSv2 classes). ``test_geometry``: ``"full"`` resizes the
+    whole frame to ``img_size`` square (the authors' evaluation), ``"center_crop"`` resizes the short
+    side (to ``short_side``, default ``img_size``) and crops the centre.
 
     Indexing gives the test-mode clips: ``{"video": (3, T, H, W), "index": v, "valid": bool,
     "reason": str}``. An unreadable file gives zeros and ``valid=False`` (warned once): the benchmark
@@ -352,9 +357,12 @@ class RetrievalSet(Dataset):
         min_frames: int | None = None,
         backend: str = "pyav",
         max_bad_fraction: float = 0.1,
+        test_geometry: TestGeometry = "full",
     ) -> None:
         if num_frames < 1 or img_size < 1:
             raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+        if test_geometry not in TEST_GEOMETRIES:
+            raise ValueError(f"test_geometry: expected one of {', '.join(TEST_GEOMETRIES)}, got {test_geometry!r}")
         if max_text_len < 2:
             raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -371,6 +379,7 @@ class RetrievalSet(Dataset):
         self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
         self.backend = backend
         self.max_bad_fraction = float(max_bad_fraction)
+        self.test_geometry = test_geometry
 
         self.videos: list[str] = []
         self.kinds: list[str] = []
@@ -412,7 +421,7 @@ class RetrievalSet(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """Clip ``index`` (test-mode geometry), raising ``VideoDecodeError``."""
         return _load_media(self.videos[index], self.kinds[index], self.num_frames, self.img_size, "test", None,
-                           self.min_frames, self.backend, self.short_side, (1.0, 1.0), False)
+                           self.min_frames, self.backend, self.short_side, (1.0, 1.0), False, self.test_geometry)
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
