@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import videomap
 from tests.helpers import tiny_model
@@ -233,6 +234,26 @@ def test_out_projections_scale_with_the_number_of_mamba_layers():
     w = m.layers[0].mixer.out_proj.weight
     bound = 1 / (w.shape[1] ** 0.5) / (8 ** 0.5)  # kaiming_uniform(a=sqrt 5) bound / sqrt(depth)
     assert w.abs().max() <= bound + 1e-7 and w.abs().max() > 0.9 * bound
+
+
+def test_map_init_is_xavier_uniform_without_the_depth_rescale():
+    """init="map": MAP's initialize_weights runs last (yunzeliu/MAP models_mamba.py), every Linear
+    xavier-uniform (bound sqrt(6 / (fan_in + fan_out))) and no 1/sqrt(depth) on the out-projections;
+    the default keeps VideoMamba's trunc-normal(0.02) and the rescale."""
+    torch.manual_seed(0)
+    m = create_model("videomap_tiny", depth=8, embed_dim=64, num_frames=4, img_size=32, init="map")
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    assert len(linears) > 8
+    for mod in linears:
+        fan_out, fan_in = mod.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert mod.weight.abs().max() <= bound + 1e-7 and mod.weight.abs().max() > 0.9 * bound
+        assert mod.bias is None or not mod.bias.any()
+    default = create_model("videomap_tiny", depth=8, embed_dim=64, num_frames=4, img_size=32)
+    w = default.layers[0].mixer.in_proj.weight.detach()
+    assert abs(float(w.std()) - 0.02) < 0.002  # trunc-normal(0.02), far below xavier's spread
+    with pytest.raises(ValueError, match="init"):
+        create_model("videomap_tiny", depth=8, embed_dim=64, num_frames=4, img_size=32, init="xavier")
 
 
 @pytest.mark.parametrize("name,kw", [("videomap_tiny", {}), ("videomap_tiny", {"attn_wiring": "branch"}),

@@ -19,6 +19,8 @@ from .base import VideoBackbone
 
 AttnWiring = Literal["residual", "branch"]
 ATTN_WIRINGS: tuple[str, ...] = get_args(AttnWiring)
+InitScheme = Literal["videomamba", "map"]
+INIT_SCHEMES: tuple[str, ...] = get_args(InitScheme)
 
 
 class VideoMamba(VideoBackbone):
@@ -38,16 +40,23 @@ class VideoMamba(VideoBackbone):
         keep_dt_bias_init: keep Mamba's dt-bias initialisation. VideoMamba's and MAP's released
             code re-initialise every Linear bias to zero, which also wipes it (initial
             delta = softplus(0)); the default False reproduces that.
+        init: ``videomamba`` (default; VideoMamba's ``segm_init_weights`` + Mamba's
+            ``_init_weights``): Linear trunc-normal(0.02), residual out-projections rescaled by
+            1/sqrt(Mamba layers). ``map``: MAP's released order (yunzeliu/MAP ``models_mamba.py``,
+            ``initialize_weights`` called last): every Linear xavier-uniform, which also undoes
+            the 1/sqrt(depth) rescale. Biases are zeroed either way.
     """
 
     def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 0,
                  attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
                  drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,
                  attn_wiring: AttnWiring = "residual", keep_dt_bias_init: bool = False,
-                 **kwargs) -> None:
+                 init: InitScheme = "videomamba", **kwargs) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)
         if attn_wiring not in ATTN_WIRINGS:
             raise ValueError(f"attn_wiring: expected one of {ATTN_WIRINGS}, got {attn_wiring!r}")
+        if init not in INIT_SCHEMES:
+            raise ValueError(f"init: expected one of {INIT_SCHEMES}, got {init!r}")
         self.depth = depth
         self.attn_every = attn_every
         self.attn_wiring = attn_wiring
@@ -82,17 +91,22 @@ class VideoMamba(VideoBackbone):
         self.pre_attn_drop = nn.ModuleList(DropPath(r) for r in pre_attn_rate)
         self.drop_path = DropPath(dpr[-1] if plan[-1][0] == "m" else 0.0)
         self.norm_f = RMSNorm(embed_dim, eps=norm_eps)
-        self._init_weights(keep_dt_bias_init)
+        self._init_weights(keep_dt_bias_init, init)
 
-    def _init_weights(self, keep_dt_bias_init: bool) -> None:
+    def _init_weights(self, keep_dt_bias_init: bool, init: InitScheme = "videomamba") -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                if init == "map":
+                    nn.init.xavier_uniform_(m.weight)
+                else:
+                    nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None and not (keep_dt_bias_init and getattr(m.bias, "_no_reinit", False)):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if init == "map":  # MAP's xavier re-initialisation runs after, and replaces, the rescale
+            return
         # GPT-2 style: scale residual-branch output projections by 1/sqrt(number of Mamba layers),
         # the count VideoMamba and MAP use (attention blocks do not add to it)
         n = self.depth
