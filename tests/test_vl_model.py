@@ -199,14 +199,14 @@ def test_every_loss_decreases_on_a_fixed_batch(bert_dir):
 def test_masked_training_drops_tokens_images_and_weights(bert_dir):
     model = make_model(bert_dir, vtc=2.0, mlm=0.0, uta=0.5).train()
     seen = []
-    orig = model.video_encoder.forward_features
+    orig = model.video_encoder.forward_intermediates
 
-    def counting(video, mask=None):
-        out = orig(video, mask)
-        seen.append(out.shape[1])
+    def counting(video, indices=None, **kw):
+        out = orig(video, indices, **kw)
+        seen.append(out[0].shape[1])
         return out
 
-    model.video_encoder.forward_features = counting
+    model.video_encoder.forward_intermediates = counting
     video, ids, am = batch(model, 4)
     out = model(video, ids, am)
     assert set(out) == {"loss", "vtc", "vtm", "uta"}
@@ -401,9 +401,23 @@ def _gathered_vtc_worker(rank: int, world: int, port: int, out_dir: str) -> None
         for p in params:  # what DDP does with gradients
             dist.all_reduce(p.grad)
             p.grad /= world
-        result = {"loss": float(loss), "ref": float(ref),
-                  "grad_err": max(float((p.grad - r).abs().max()) for p, r in zip(params, ref_grads)),
-                  "grad_scale": max(float(r.abs().max()) for r in ref_grads)}
+        full = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        # the authors' AllGather: only the local slice of the gathered gradient comes back
+        released = vtc_loss(proj_v(x[lo:hi]), proj_t(y[lo:hi]), temp, gather=True, idx=idx[lo:hi],
+                            gather_grad="released")
+        released.backward()
+        for p in params:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        encoders = len(params) - 1  # every tensor but the temperature
+        result = {"loss": float(loss), "ref": float(ref), "released_loss": float(released),
+                  "grad_err": max(float((p - r).abs().max()) for p, r in zip(full, ref_grads)),
+                  "grad_scale": max(float(r.abs().max()) for r in ref_grads),
+                  "released_ratio_err": max(float((p.grad * world - f).abs().max())
+                                            for p, f in zip(params[:encoders], full[:encoders])),
+                  "released_temp_err": float((params[-1].grad - full[-1]).abs().max())}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
@@ -418,6 +432,10 @@ def test_gathered_vtc_two_processes_equals_one_process(tmp_path):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert abs(r["loss"] - r["ref"]) < 1e-6, r
         assert r["grad_err"] < 1e-6 and r["grad_scale"] > 1e-3, r
+        # vl.vtc_gather=released: same loss, the encoders' gradient is 1/world of the full one,
+        # the temperature's unchanged
+        assert abs(r["released_loss"] - r["ref"]) < 1e-6, r
+        assert r["released_ratio_err"] < 1e-6 and r["released_temp_err"] < 1e-6, r
 
 
 # ---------------------------------------------------------------------------------------------- released checkpoints
@@ -450,3 +468,72 @@ def test_authors_masked_checkpoint_loads_strictly(bert_dir, tmp_path):
     assert torch.equal(model.video_encoder.norm_f.weight, source.norm_f.weight)
     for name, tensor in source.state_dict().items():
         assert torch.equal(model.video_encoder.state_dict()[name], tensor), name
+    # the uta head starts from the stage-1 clip_decoder, not from scratch
+    sd = torch.load(path, weights_only=True)["model"]
+    assert torch.equal(model.uta_head.proj.weight, sd["module.clip_decoder.0.head.weight"])
+    assert torch.equal(model.uta_head.norm.bias, sd["module.clip_decoder.0.norm.bias"])
+    fresh = make_model(bert_dir)  # no checkpoint: a new head
+    assert not torch.equal(fresh.uta_head.proj.weight, sd["module.clip_decoder.0.head.weight"])
+
+
+# ------------------------------------------------------------------------------------- released training signal
+def test_uta_student_point_is_the_stream_before_the_last_block(bert_dir):
+    """uta_student="pre_last_block": the aligned tokens are the un-normalised residual stream after
+    the second-to-last block (the authors' ``x_clip_vis.append(residual)``), so the last block and
+    the final norm get no alignment gradient; the default aligns the normalised output."""
+    model = make_model(bert_dir, vtc=0.0, vtm=0.0, mlm=0.0, uta_student="pre_last_block")
+    video, ids, am = batch(model, 2)
+    clip = model._as_clip(video)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = model(video, ids, am)["uta"]
+        torch.manual_seed(5)
+        tout = model.teacher(clip, (2, 2))
+        mask = model.maskers["video"](2, (4, 2, 2), attn=tout.attn)
+        stream = model.video_encoder.forward_intermediates(clip, [-2], mask=mask, intermediates_only=True)[0]
+        student = model.uta_head(stream, mask)
+        output = model.uta_head(model.video_encoder.forward_features(clip, mask), mask)
+    targets = tout.patch.reshape(2, 16, -1)[~mask].reshape(2, 8, -1)
+    targets = torch.cat([tout.patch.reshape(2, 16, -1).mean(1, keepdim=True), targets], dim=1)
+    assert torch.allclose(loss, (2 - 2 * F.cosine_similarity(student, targets, dim=-1)).mean(), atol=1e-5)
+    assert not torch.allclose(loss, (2 - 2 * F.cosine_similarity(output, targets, dim=-1)).mean(), atol=1e-3)
+    model.train()
+    model(video, ids, am)["loss"].backward()
+    enc = model.video_encoder
+    assert enc.norm_f.weight.grad is None and all(p.grad is None for p in enc.layers[-1].parameters())
+    assert enc.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
+    default = make_model(bert_dir, vtc=0.0, vtm=0.0, mlm=0.0).train()
+    default(video, ids, am)["loss"].backward()
+    assert default.video_encoder.norm_f.weight.grad.abs().sum() > 0
+
+
+def test_keep_temporal_embeds_each_frame_and_averages_frame_similarities(bert_dir):
+    model = make_model(bert_dir, keep_temporal=True)
+    video, ids, am = batch(model, 3)
+    enc = model.video_encoder
+    with torch.no_grad():
+        _, embed = model.encode_video(video)
+        feats = enc.forward_features(video)
+        cls, tokens = feats[:, :1], feats[:, 1:].reshape(3, 4, 4, -1)  # (B, T, hw, C)
+        frames = F.normalize(model.vision_proj(model.pool_norm(cls + tokens.mean(2))), dim=-1)
+        assert embed.shape == (3, 4, 16) and torch.allclose(embed, frames, atol=1e-6)
+        _, text = model.encode_text(ids, am)
+        # the authors' get_sim: per-frame similarities averaged over frames
+        sim = torch.einsum("btd,nd->btn", frames, text).mean(1) / model.temp
+        expected = (F.cross_entropy(sim, torch.arange(3)) + F.cross_entropy(sim.T, torch.arange(3))) / 2
+        assert torch.allclose(vtc_loss(embed, text, model.temp, gather=False), expected, atol=1e-5)
+        # masked training pools the whole clip (frames keep different tokens under attention masking)
+        mask = model.maskers["video"](3, (4, 2, 2), attn=model.teacher(video, (2, 2)).attn)
+        assert model.encode_video(video, mask)[1].shape == (3, 16)
+        assert make_model(bert_dir).encode_video(video)[1].shape == (3, 16)  # default: one clip embedding
+
+
+def test_images_can_skip_the_temporal_position_embedding(bert_dir):
+    image = torch.randn(2, 3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    for released in (False, True):
+        model = make_model(bert_dir, image_temporal_pos=not released)
+        with torch.no_grad():
+            before = model.encode_video(image)[1]
+            model.video_encoder.temporal_pos_embedding.normal_()
+            after = model.encode_video(image)[1]
+        assert torch.allclose(before, after, atol=1e-6) == released

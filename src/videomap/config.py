@@ -264,6 +264,11 @@ class VlSection:
     image_mask_ratio: float = 0.5
     uta_teacher: str = "pixel"  # "pixel", "pixel_motion", "none" or a CLIP directory / hub id
     uta_clip_target: ClipTarget = "videomamba"
+    eval_geometry: Literal["full", "center_crop"] = "full"  # test frames resized whole, or centre-cropped
+    vtc_gather: Literal["full", "released"] = "full"  # VTC gradient across processes (VideoTextConfig)
+    uta_student: Literal["output", "pre_last_block"] = "output"  # which student tokens UTA aligns
+    keep_temporal: bool = False  # per-frame embeddings, similarities averaged (unmasked phase, evaluation)
+    image_temporal_pos: bool = True  # temporal position embedding on images
 
     init_from: str | None = None  # a saved VideoTextModel directory to start from
     masked: bool = True  # false: every token enters the encoder (the final unmasked tuning phase)

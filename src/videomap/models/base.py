@@ -82,15 +82,20 @@ class VideoBackbone(nn.Module):
         temporal = resize_temporal_pos_embed(self.temporal_pos_embedding, t)
         return spatial, temporal
 
-    def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, T, H, W) -> tokens (B, 1 + visible, d) with all position embeddings added."""
+    def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None, temporal_pos: bool = True
+              ) -> torch.Tensor:
+        """(B, C, T, H, W) -> tokens (B, 1 + visible, d) with the position embeddings added;
+        ``temporal_pos=False`` leaves out the temporal one (images in the authors' video-text
+        training, ``use_image``)."""
         grid = self.check_input(video)
         t, h, w = grid
         x = self.patch_embed(video)  # (B, d, t, h, w)
         b, d = x.shape[:2]
         spatial, temporal = self.pos_embeds_for(grid)
         x = x.flatten(3).permute(0, 2, 3, 1)  # (B, t, h*w, d)
-        x = x + spatial[:, None, 1:].to(x.dtype) + temporal[:, :, None].to(x.dtype)
+        x = x + spatial[:, None, 1:].to(x.dtype)
+        if temporal_pos:
+            x = x + temporal[:, :, None].to(x.dtype)
         x = x.reshape(b, t * h * w, d)
         if mask is not None:
             x = self.drop_masked(x, mask)
@@ -172,7 +177,7 @@ class VideoBackbone(nn.Module):
 
     def forward_intermediates(self, video: torch.Tensor, indices: int | Sequence[int] | None = None, *,
                               norm: bool = False, mask: torch.Tensor | None = None, stop_early: bool = False,
-                              intermediates_only: bool = False
+                              intermediates_only: bool = False, temporal_pos: bool = True
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens (B, 1 + N, d) after chosen blocks, timm's convention.
 
@@ -180,12 +185,12 @@ class VideoBackbone(nn.Module):
         passed through the final norm when ``norm``. Returns ``(final, intermediates)`` where
         ``final`` is :meth:`forward_features`' output, or only the list with
         ``intermediates_only``. ``stop_early`` runs no block past the last one asked for (then
-        ``final`` is the final norm of that block's stream).
+        ``final`` is the final norm of that block's stream). ``temporal_pos``: as :meth:`embed`.
         """
         take = self.block_indices(indices)
         last = len(self.block_names()) - 1
         stop = (take[-1] if take else 0) if stop_early else last
-        stream, inter = self.run_blocks(self.embed(video, mask), take=frozenset(take), stop=stop)
+        stream, inter = self.run_blocks(self.embed(video, mask, temporal_pos), take=frozenset(take), stop=stop)
         if norm:
             inter = [self.final_norm(t) for t in inter]
         if intermediates_only:

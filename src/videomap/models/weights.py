@@ -37,7 +37,7 @@ from ..layers import resize_spatial_pos_embed, resize_temporal_pos_embed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_pretrained"]
+__all__ = ["load_pretrained", "read_checkpoint"]
 
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 # pre-training heads that full pre-training checkpoints carry besides the encoder (ours: decoder.*;
@@ -96,6 +96,12 @@ def _strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (file or ``save_pretrained`` directory) under its name without
+    wrapper prefixes: for callers that need the pre-training heads :func:`load_pretrained` skips."""
+    return _strip_prefixes(_read_state_dict(path))
+
+
 def _adapt_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename the authors' final-norm key, resize position embeddings and inflate 2-D patch kernels
     to the model's shapes."""
@@ -145,7 +151,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     ``unexpected`` the checkpoint tensors that were not used (pre-training heads excluded).
     Messages name the counts and the first few keys only.
     """
-    sd = _adapt_state_dict(_strip_prefixes(_read_state_dict(path)), model)
+    sd = _adapt_state_dict(read_checkpoint(path), model)
     own = model.state_dict()
     dropped = [k for k in sd if k not in own and k.startswith(_AUX_PREFIXES)]
     for k in dropped:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 MODEL_FIELDS = ("text_encoder", "tokenizer", "local_files_only", "video_encoder", "video_checkpoint",
                 "video_overrides", "num_frames", "img_size", "embed_dim", "temp_init", "fusion_layers",
                 "max_text_len", "vtc", "vtm", "mlm", "uta", "mlm_prob", "vtm_hard_negatives", "video_mask_type",
-                "video_mask_ratio", "image_mask_type", "image_mask_ratio", "uta_teacher", "uta_clip_target")
+                "video_mask_ratio", "image_mask_type", "image_mask_ratio", "uta_teacher", "uta_clip_target",
+                "eval_geometry", "vtc_gather", "uta_student", "keep_temporal", "image_temporal_pos")
 # where a saved model's weights came from: the saved directory carries its own copies
 SOURCE_FIELDS = ("text_encoder", "tokenizer", "video_checkpoint")
 # the shapes of the saved weights: a job cannot change them on a saved model
@@ -339,7 +340,7 @@ def build_retrieval_set(cfg: JobConfig, model):
     c = model.config
     return RetrievalSet(section.eval_json, media_root=section.eval_media_root, num_frames=c.num_frames,
                         img_size=c.img_size, max_text_len=c.max_text_len, paragraph=section.paragraph,
-                        max_bad_fraction=section.max_bad_fraction)
+                        max_bad_fraction=section.max_bad_fraction, test_geometry=c.eval_geometry)
 
 
 def summary(results: Mapping[str, Any]) -> dict[str, float]:

@@ -39,6 +39,7 @@ from ..data.annotations import VIDEO_EXTENSIONS
 from ..data.decode import IMAGE_EXTENSIONS, VideoDecodeError
 from ..data.media import load_image, load_video
 from ..io import load_safetensors, save_safetensors, write_json
+from .losses import video_embedding
 
 try:
     import fcntl
@@ -146,7 +147,7 @@ def video_encoder_fn(model: Any, num_frames: int = 8, img_size: int = 224, *, de
             return torch.cat([encode([p]) for p in paths])
         with torch.no_grad():
             _, embed = model.encode_video(torch.stack(clips).to(dev, dtype))
-        return embed.detach().float().cpu()
+        return video_embedding(embed.detach().float()).cpu()
 
     return encode
 

@@ -21,9 +21,16 @@ is the single-process value. Its backward sums the gradient arriving at the gath
 all processes and keeps the local rows: all processes hold the same loss, so the local features get
 ``world_size`` times their share, and DDP's gradient *averaging* then yields exactly the gradient of
 single-process training on the concatenated batch (for the temperature as well, which is not
-gathered). The authors' ``AllGather`` keeps only the local slice without the sum, which under DDP
-averaging scales the contrastive gradient reaching the encoders by ``1/world_size`` while the
-temperature's is not scaled.
+gathered). The authors' ``AllGather`` keeps only the local slice without the sum
+(``video_mm/models/utils.py``, ``AllGather.backward``), which under DDP averaging scales the
+contrastive gradient reaching the encoders by ``1/world_size`` while the temperature's is not
+scaled: ``grad="released"`` reproduces it.
+
+Per-frame video embeddings (the authors' ``keep_temporal``, ``get_sim`` with ``agg_method="mean"``):
+the similarity of a video to a text is the mean over frames of the cosine between each frame's
+embedding and the text. As the text vector is unit length, that equals the dot product with the
+mean of the unit frame vectors, so :func:`video_embedding` reduces ``(B, T, D)`` to that mean once
+and every consumer (VTC, hard negatives, retrieval) takes dot products as before.
 """
 
 from __future__ import annotations
@@ -36,12 +43,13 @@ from ..pretrain.objectives import alignment_loss
 from ..pretrain.teachers import TeacherOutput, clip_level_cls
 
 __all__ = [
-    "IGNORE_INDEX", "TEMP_RANGE", "gather_features", "gather_ids", "mlm_mask", "positive_mask",
-    "sample_negatives", "uta_loss", "vtc_loss", "vtm_labels",
+    "GATHER_GRADS", "IGNORE_INDEX", "TEMP_RANGE", "gather_features", "gather_ids", "mlm_mask", "positive_mask",
+    "sample_negatives", "uta_loss", "video_embedding", "vtc_loss", "vtm_labels",
 ]
 
 TEMP_RANGE = (0.001, 0.5)  # UMT clip_contrastive_temperature(min_val=0.001, max_val=0.5)
 IGNORE_INDEX = -100
+GATHER_GRADS = ("full", "released")
 
 
 def _world() -> int:
@@ -64,27 +72,32 @@ def _gather_rows(x: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, reduce: bool) -> torch.Tensor:
         parts, counts = _gather_rows(x)
         rank = dist.get_rank()
         ctx.start = sum(counts[:rank])
         ctx.rows = counts[rank]
+        ctx.reduce = reduce
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start: ctx.start + ctx.rows]
+        if ctx.reduce:
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start: ctx.start + ctx.rows], None
 
 
-def gather_features(x: torch.Tensor) -> torch.Tensor:
+def gather_features(x: torch.Tensor, grad: str = "full") -> torch.Tensor:
     """Concatenate ``x`` (N_local, ...) from every process along dim 0, in rank order, with the
-    gradient flowing back to the local rows (see the module docstring for its scale). Identity
-    without a process group. Processes may hold different row counts."""
+    gradient flowing back to the local rows: summed over processes (``grad="full"``) or this
+    process's only (``"released"``); see the module docstring for the scales. Identity without a
+    process group. Processes may hold different row counts."""
+    if grad not in GATHER_GRADS:
+        raise ValueError(f"grad: expected one of {', '.join(GATHER_GRADS)}, got {grad!r}")
     if _world() == 1:
         return x
-    return _GatherWithGrad.apply(x)
+    return _GatherWithGrad.apply(x, grad == "full")
 
 
 @torch.no_grad()
@@ -106,26 +119,38 @@ def positive_mask(n: int, idx: torch.Tensor | None = None, device=None) -> torch
     return idx[:, None] == idx[None, :]
 
 
+def video_embedding(v: torch.Tensor) -> torch.Tensor:
+    """The video side of a dot-product similarity: ``(B, D)`` L2-normalised, or per-frame
+    ``(B, T, D)`` reduced to the mean of the L2-normalised frames (its dot product with a unit
+    text vector is the mean per-frame cosine, the authors' ``get_sim``)."""
+    if v.ndim not in (2, 3):
+        raise ValueError(f"video embedding: expected (B, D) or per-frame (B, T, D), got {tuple(v.shape)}")
+    v = F.normalize(v, dim=-1)
+    return v.mean(1) if v.ndim == 3 else v
+
+
 def _check_pair(v: torch.Tensor, t: torch.Tensor) -> None:
-    if v.ndim != 2 or t.ndim != 2 or v.shape != t.shape:
-        raise ValueError(f"vtc_loss: expected video and text features of one shape (B, D), got "
+    if v.ndim not in (2, 3) or t.ndim != 2 or v.shape[0] != t.shape[0] or v.shape[-1] != t.shape[-1]:
+        raise ValueError(f"vtc_loss: expected video features (B, D) or (B, T, D) and text features (B, D), got "
                          f"{tuple(v.shape)} and {tuple(t.shape)}")
 
 
 def vtc_loss(v: torch.Tensor, t: torch.Tensor, temp: torch.Tensor | float, gather: bool = True,
-             idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between video features ``v`` (B, D) and text features ``t`` (B, D); pair
-    ``i`` is (v[i], t[i]). Features are L2-normalised here (a no-op for normalised inputs).
+             idx: torch.Tensor | None = None, gather_grad: str = "full") -> torch.Tensor:
+    """Symmetric InfoNCE between video features ``v`` (B, D), or per-frame (B, T, D) (similarities
+    averaged over frames), and text features ``t`` (B, D); pair ``i`` is (v[i], t[i]). Features are
+    L2-normalised here (a no-op for normalised inputs).
 
     ``idx`` (B,): video ids; pairs sharing an id are all positives, the target spread evenly over
     them (several captions of one video in a batch). ``gather``: compute over the batch of all
-    processes (identical to ``gather=False`` in a single process).
+    processes (identical to ``gather=False`` in a single process); ``gather_grad``: the gradient
+    through the gather, ``"full"`` or ``"released"`` (:func:`gather_features`).
     """
     _check_pair(v, t)
-    v = F.normalize(v.float(), dim=-1)
+    v = video_embedding(v.float())
     t = F.normalize(t.float(), dim=-1)
     if gather and _world() > 1:
-        v, t = gather_features(v), gather_features(t)
+        v, t = gather_features(v, gather_grad), gather_features(t, gather_grad)
         idx = None if idx is None else gather_ids(idx.to(v.device))
     with torch.autocast(v.device.type, enabled=False):  # similarities in fp32, as the authors' get_sim
         sim = v @ t.T / temp

@@ -26,18 +26,29 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.media import TestGeometry
 from ..models import VideoBackbone, create_model, list_models, load_pretrained
 from ..models.base import WrapsBackbone
+from ..models.weights import read_checkpoint
 from ..pretrain.masking import MASK_TYPES, MaskGenerator
 from ..pretrain.objectives import AlignHead
 from ..pretrain.teachers import CLIP_TARGETS, Teacher, TeacherOutput, as_teacher, build_teacher
-from .losses import IGNORE_INDEX, TEMP_RANGE, mlm_mask, sample_negatives, uta_loss, vtc_loss, vtm_labels
+from .losses import (
+    IGNORE_INDEX,
+    TEMP_RANGE,
+    mlm_mask,
+    sample_negatives,
+    uta_loss,
+    video_embedding,
+    vtc_loss,
+    vtm_labels,
+)
 from .text import TextSide, load_text_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,11 @@ TEXT_DIR = "text"
 VIDEO_DIR = "video_encoder"
 LOSS_NAMES = ("vtc", "vtm", "mlm", "uta")
 PIXEL_TEACHERS = ("pixel", "pixel_motion")
+VtcGather = Literal["full", "released"]
+UtaStudent = Literal["output", "pre_last_block"]
+# the choice-valued fields and their choices, checked in __post_init__
+_CHOICES = {"eval_geometry": get_args(TestGeometry), "vtc_gather": get_args(VtcGather),
+            "uta_student": get_args(UtaStudent)}
 
 
 @dataclass
@@ -67,6 +83,23 @@ class VideoTextConfig:
     ``"pixel"`` so that a configuration runs offline; the paper's teacher is CLIP ViT-B/16. The
     unmasked tuning phase (the authors' ``*_unmasked`` configs) sets ``uta=0``, the mask types to
     ``"none"`` and ``uta_teacher="none"``, and trains with ``masked=False``.
+
+    Released-run choices (the defaults keep this library's behaviour; ``configs/vl`` set the
+    released one; docs/paper_tables.md lists them with their source lines):
+
+    - ``eval_geometry``: test frames resized whole to ``img_size`` square (``"full"``, the
+      authors' ``test_transform``) or short-side resized and centre-cropped (``"center_crop"``);
+    - ``vtc_gather``: ``"full"`` gives each process's features the gradient of the whole gathered
+      loss (single-process equivalent); ``"released"`` keeps only the local slice, as the authors'
+      ``AllGather``, so under DDP the encoders' VTC gradient is ``1/world_size`` of ``"full"``;
+    - ``uta_student``: the student tokens UTA aligns: ``"output"`` (after the final norm) or
+      ``"pre_last_block"`` (the un-normalised residual stream entering the last block, the
+      released point: the last mixer and the final norm get no UTA gradient);
+    - ``keep_temporal``: with every token visible (the unmasked phase, evaluation; or a tube
+      mask) embed each frame, ``LayerNorm(cls + frame mean)``, and average the per-frame cosine
+      similarities, as the authors' ``keep_temporal=True``; False pools the whole clip;
+    - ``image_temporal_pos``: add the temporal position embedding to images (1-frame clips);
+      the released code does not (``use_image``).
     """
 
     text_encoder: str
@@ -93,6 +126,11 @@ class VideoTextConfig:
     image_mask_ratio: float = 0.5
     uta_teacher: str = "pixel"
     uta_clip_target: str = "videomamba"
+    eval_geometry: TestGeometry = "full"
+    vtc_gather: VtcGather = "full"
+    uta_student: UtaStudent = "output"
+    keep_temporal: bool = False
+    image_temporal_pos: bool = True
 
     def __post_init__(self) -> None:
         for name in ("text_encoder", "tokenizer", "video_checkpoint", "uta_teacher"):
@@ -116,7 +154,10 @@ class VideoTextConfig:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if self.max_text_len < 2:
             raise ValueError(f"max_text_len: expected at least 2 ([CLS] and [SEP]), got {self.max_text_len}")
-        for name in ("local_files_only", "vtm_hard_negatives"):
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("local_files_only", "vtm_hard_negatives", "keep_temporal", "image_temporal_pos"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         lo, hi = TEMP_RANGE
@@ -184,6 +225,38 @@ def build_video_encoder(cfg: VideoTextConfig, checkpoint: str | None = None) -> 
     else:
         log.warning("video_encoder: %s has random weights (no video_checkpoint given)", cfg.video_encoder)
     return model
+
+
+# the stage-1 alignment head in a masked pre-training checkpoint, by the name of its tensor in the
+# uta head: the authors' clip_decoder.0 (Linear "head" + LayerNorm "norm", video_mm/models/backbones/
+# videomamba/videomamba.py) or this library's video-objective decoder (videomap.pretrain.AlignHead)
+STAGE1_UTA_HEADS = (
+    {"proj.weight": "clip_decoder.0.head.weight", "proj.bias": "clip_decoder.0.head.bias",
+     "norm.weight": "clip_decoder.0.norm.weight", "norm.bias": "clip_decoder.0.norm.bias"},
+    {name: f"decoder.{name}" for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")},
+)
+
+
+def load_stage1_uta_head(head: AlignHead, checkpoint: str) -> bool:
+    """Start the uta head from the alignment head the masked pre-training trained (the authors'
+    video-text runs keep ``clip_decoder`` from that checkpoint rather than a new one). Returns
+    whether one was found with the head's shapes; otherwise the head keeps its initialisation."""
+    sd = read_checkpoint(checkpoint)
+    own = head.state_dict()
+    for names in STAGE1_UTA_HEADS:
+        if not all(src in sd for src in names.values()):
+            continue
+        state = {dst: sd[src] for dst, src in names.items()}
+        wrong = [f"{names[k]} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                 if v.shape != own[k].shape]
+        if wrong:
+            log.warning("%s: its alignment head does not fit the uta head (%s; another teacher width?); "
+                        "the uta head starts from scratch", checkpoint, ", ".join(wrong))
+            return False
+        head.load_state_dict(state)
+        log.info("uta head: loaded the stage-1 alignment head (%s) from %s", next(iter(names.values())), checkpoint)
+        return True
+    return False
 
 
 def build_uta_teacher(cfg: VideoTextConfig) -> Teacher | None:
@@ -263,6 +336,8 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         else:
             t = as_teacher(teacher)
         model = cls(cfg, video, text, tokenizer, teacher=t, uta_dim=uta_dim)
+        if model.uta_head is not None and cfg.video_checkpoint:
+            load_stage1_uta_head(model.uta_head, cfg.video_checkpoint)
         model.freeze_unused()
         model.eval()
         return model
@@ -270,8 +345,9 @@ class VideoTextModel(WrapsBackbone, nn.Module):
     def unused_parameters(self) -> list[str]:
         """Names of the parameters no enabled loss reaches: the MLM head without mlm, the matching
         head without vtm, the fusion layers without both, the projections and temperature without
-        vtc. Parameters shared with a used module (the MLM decoder tied to the word embeddings)
-        are not listed."""
+        vtc, the video encoder's last block and final norm when only uta trains and reads the
+        stream before them. Parameters shared with a used module (the MLM decoder tied to the word
+        embeddings) are not listed."""
         cfg = self.config
         parts: list[str] = []
         if cfg.mlm == 0:
@@ -283,6 +359,10 @@ class VideoTextModel(WrapsBackbone, nn.Module):
             parts += ["text.cross", *layers[self.text.num_text_layers:]]
         if cfg.vtc == 0:
             parts += ["pool_norm", "vision_proj", "text_proj", "temp"]
+        if cfg.uta_student == "pre_last_block" and cfg.vtc == cfg.vtm == cfg.mlm == 0:
+            enc = self.video_encoder
+            parts += [f"video_encoder.{enc.block_names()[-1]}",
+                      *(f"video_encoder.{n}" for n in ("norm_f", "norm") if hasattr(enc, n))]
 
         def inside(name: str) -> bool:
             return any(name == p or name.startswith(p + ".") for p in parts)
@@ -347,22 +427,46 @@ class VideoTextModel(WrapsBackbone, nn.Module):
             videos = videos.to(param.dtype)
         return videos
 
-    def _video_features(self, videos: torch.Tensor, mask: torch.Tensor | None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(all tokens incl. cls, patch tokens, normalised embedding)."""
-        feats = self.video_encoder.forward_features(videos, mask)
+    @staticmethod
+    def _kind(videos: torch.Tensor) -> str:
+        """"image" for 1-frame clips (B, C, 1, H, W), else "video"."""
+        return "image" if isinstance(videos, torch.Tensor) and videos.ndim == 5 and videos.shape[2] == 1 else "video"
+
+    def _video_features(self, videos: torch.Tensor, mask: torch.Tensor | None, kind: str, student: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(all tokens incl. cls, patch tokens, embedding, UTA student tokens).
+
+        The embedding is L2-normalised (B, embed_dim), or per frame (B, T', embed_dim) with
+        ``keep_temporal`` when every frame keeps the same tokens (no mask, or a tube mask). The
+        student tokens are the output tokens, or with ``uta_student="pre_last_block"`` (and
+        ``student``) the un-normalised stream entering the last block, as the authors' encoder
+        returns it for alignment (``video_mm/models/backbones/videomamba/videomamba.py``,
+        ``x_clip_vis.append(residual)`` after the block loop).
+        """
+        cfg, enc = self.config, self.video_encoder
+        pre_last = student and cfg.uta_student == "pre_last_block"
+        feats, inter = enc.forward_intermediates(videos, [-2] if pre_last else [], mask=mask,
+                                                 temporal_pos=kind == "video" or cfg.image_temporal_pos)
         tokens = feats[:, 1:]
-        pooled = self.pool_norm(feats[:, 0] + tokens.mean(1))
-        return feats, tokens, F.normalize(self.vision_proj(pooled), dim=-1)
+        per_frame = cfg.keep_temporal and (mask is None or self.maskers[kind].kind == "tube")
+        if per_frame:
+            b, t = feats.shape[0], enc.check_input(videos)[0]
+            pooled = self.pool_norm(feats[:, :1] + tokens.reshape(b, t, -1, tokens.shape[-1]).mean(2))
+        else:
+            pooled = self.pool_norm(feats[:, 0] + tokens.mean(1))
+        return feats, tokens, F.normalize(self.vision_proj(pooled), dim=-1), inter[0] if pre_last else feats
 
     # ------------------------------------------------------------------ public encoders
     def encode_video(self, videos: torch.Tensor, mask: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, T, H, W) -> (patch tokens (B, N, D_v), embedding (B, embed_dim), L2-normalised).
+        """(B, 3, T, H, W) -> (patch tokens (B, N, D_v), embedding (B, embed_dim), L2-normalised;
+        with ``keep_temporal`` one per token frame, (B, T', embed_dim), which
+        :func:`videomap.vl.losses.video_embedding` reduces for dot-product similarities).
 
         ``mask`` (B, T'*h*w, True = hidden) drops tokens before the encoder; None uses them all.
         """
-        _, tokens, embed = self._video_features(self._as_clip(videos), mask)
+        kind = self._kind(videos)
+        _, tokens, embed, _ = self._video_features(self._as_clip(videos), mask, kind)
         return tokens, embed
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -412,7 +516,7 @@ class VideoTextModel(WrapsBackbone, nn.Module):
                   video_embed: torch.Tensor, text_embed: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         b = video_tokens.shape[0]
         with torch.no_grad():
-            sim = video_embed.float() @ text_embed.float().T / self.temp
+            sim = video_embedding(video_embed.float()) @ text_embed.float().T / self.temp
         vid_neg, txt_neg = sample_negatives(sim, idx, hard=self.config.vtm_hard_negatives)
         video_all = torch.cat([video_tokens, video_tokens[vid_neg], video_tokens], dim=0)
         text_all = torch.cat([text_tokens, text_tokens, text_tokens[txt_neg]], dim=0)
@@ -445,7 +549,7 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         """
         cfg = self.config
         self.clamp_temperature()
-        kind = "image" if isinstance(videos, torch.Tensor) and videos.ndim == 5 and videos.shape[2] == 1 else "video"
+        kind = self._kind(videos)
         videos = self._as_clip(videos)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -456,12 +560,14 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         if idx is not None:
             idx = torch.as_tensor(idx, device=self.device).reshape(-1)
         tout, patch, mask = self._teacher_and_mask(videos, masked, kind)
-        feats, video_tokens, video_embed = self._video_features(videos, mask)
+        feats, video_tokens, video_embed, student = self._video_features(videos, mask, kind,
+                                                                         student=self.uta_head is not None)
         text_tokens, text_embed = self.encode_text(input_ids, attention_mask)
 
         out: dict[str, torch.Tensor] = {}
         if cfg.vtc > 0:
-            out["vtc"] = vtc_loss(video_embed, text_embed, self.temp, gather=True, idx=idx)
+            out["vtc"] = vtc_loss(video_embed, text_embed, self.temp, gather=True, idx=idx,
+                                  gather_grad=cfg.vtc_gather)
         if cfg.vtm > 0:
             out["vtm"] = self._vtm_loss(video_tokens, text_tokens, attention_mask, video_embed, text_embed, idx)
         if cfg.mlm > 0:
@@ -469,7 +575,7 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         if self.uta_head is not None:
             m = mask if mask is not None else torch.zeros(feats.shape[0], feats.shape[1] - 1, dtype=torch.bool,
                                                            device=feats.device)
-            out["uta"] = uta_loss(self.uta_head(feats, m), tout, patch, m)
+            out["uta"] = uta_loss(self.uta_head(student, m), tout, patch, m)
         out["loss"] = sum(getattr(cfg, k) * v for k, v in out.items())
         return out
 

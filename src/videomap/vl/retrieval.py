@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..io import write_json
 from .data import RetrievalSet, collate_retrieval_videos
+from .losses import video_embedding
 
 __all__ = ["best_match_ranks", "evaluate_retrieval", "rerank_with_vtm", "retrieval_metrics"]
 
@@ -223,7 +224,7 @@ def evaluate_retrieval(
                 if not valid.any():
                     continue
                 tokens, embed = model.encode_video(batch["videos"][valid].to(device, dtype))
-                embed = F.normalize(embed.detach().float(), dim=-1).cpu()
+                embed = video_embedding(embed.detach().float()).cpu()  # per-frame: mean frame cosine
                 if video_embed is None:
                     video_embed = torch.zeros(num_videos, embed.shape[-1])
                     if rerank_k > 0:
