@@ -132,3 +132,36 @@ def test_engine_names_no_model_tensor():
                 text = f.read()
             for name in ("A_log", "pos_embed", "cls_token", "mask_token"):
                 assert name not in text, f"engine/{fname} names the model tensor {name}"
+
+
+def test_released_optimizer_rule_decays_the_2d_state_space_tensors():
+    """decay_flagged (train.decay_ssm_params): the authors' optimizers exempt only 1-D tensors,
+    biases and no_weight_decay() names, so A_log / A_b_log decay and D / D_b do not; nothing else
+    moves. The default keeps Mamba's exemption of both."""
+    model = _backbone("videomamba_tiny", num_classes=10)
+    default = _rows(model, None, "released")
+    released = {}
+    for g in param_groups(model, 0.05, None, layer_decay_mode="released", decay_flagged=True):
+        for n in g["param_names"]:
+            released[n] = [g["weight_decay"], round(g["lr_scale"], 12)]
+    moved = sorted(n for n in default if default[n] != released[n])
+    a_logs = sorted(n for n in default if n.endswith(("A_log", "A_b_log")))
+    assert a_logs and moved == a_logs
+    assert all(default[n][0] == 0.0 and released[n][0] == 0.05 for n in a_logs)
+    assert all(released[n][0] == 0.0 for n in default if n.endswith((".D", ".D_b")))
+
+
+@pytest.mark.parametrize("decay_ssm_params", [False, True])
+def test_trainer_applies_decay_ssm_params(tmp_path, decay_ssm_params):
+    import torch
+
+    from videomap.engine import TrainConfig, Trainer
+
+    model = _backbone("videomamba_tiny", num_classes=2)
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3, 4, 32, 32), torch.zeros(4, dtype=torch.long))
+    cfg = TrainConfig(batch_size=2, weight_decay=0.05, output_dir=str(tmp_path), distributed="none",
+                      tensorboard=False, plot=False, decay_ssm_params=decay_ssm_params)
+    trainer = Trainer(model, lambda m, b: m(b[0]).sum(), data, cfg)
+    decay = {n: g["weight_decay"] for g in trainer.optimizer.param_groups for n in g["param_names"]}
+    assert decay["layers.0.mixer.A_log"] == decay["layers.0.mixer.A_b_log"] == (0.05 if decay_ssm_params else 0.0)
+    assert decay["layers.0.mixer.D"] == 0.0

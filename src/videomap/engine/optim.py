@@ -22,14 +22,19 @@ def _matches(name: str, names: Iterable[str]) -> bool:
     return any(name == e or name.startswith(e + ".") for e in names)
 
 
-def is_no_decay(name: str, param: torch.Tensor, skip: Iterable[str] = ()) -> bool:
+def is_no_decay(name: str, param: torch.Tensor, skip: Iterable[str] = (), use_flags: bool = True) -> bool:
     """Whether ``param`` belongs to the zero-weight-decay group.
 
     The one rule: 1-D (and 0-D) tensors -- norms' scales and biases -- never decay; nor does a
     tensor flagged ``_no_weight_decay`` where it is created (e.g. the state-space parameters), nor
     one the model names in its ``no_weight_decay()`` (``skip``: embeddings, learned tokens).
+    ``use_flags=False`` ignores the flags: the authors' released optimizers
+    (``video_sm/optim_factory.py``, ``get_parameter_groups``; ``video_mm/utils/optimizer.py``,
+    ``add_weight_decay``) exempt only 1-D tensors, biases and ``no_weight_decay()`` names, so the
+    2-D flagged tensors (Mamba's state matrices) decay there while the 1-D ones do not.
     """
-    return param.ndim <= 1 or bool(getattr(param, "_no_weight_decay", False)) or _matches(name, skip)
+    flagged = use_flags and bool(getattr(param, "_no_weight_decay", False))
+    return param.ndim <= 1 or flagged or _matches(name, skip)
 
 
 def flagged_no_decay(model: nn.Module) -> set[str]:
@@ -46,8 +51,12 @@ def param_groups(
     layer_decay: float | None = None,
     extra_no_decay: Iterable[str] = (),
     layer_decay_mode: LayerDecayMode = "released",
+    decay_flagged: bool = False,
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into groups keyed by (decay, layer).
+
+    ``decay_flagged``: tensors flagged ``_no_weight_decay`` decay unless another rule exempts them
+    (:func:`is_no_decay` with ``use_flags=False``, the released optimizers' rule).
 
     Each group carries ``lr_scale`` (``layer_decay ** (num_layers - 1 - layer_id)``, or 1) so the
     scheduler can set ``lr = base_lr * lr_scale * factor`` without forgetting the layer scaling.
@@ -73,7 +82,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = is_no_decay(name, p, skip)
+        no_decay = is_no_decay(name, p, skip, use_flags=not decay_flagged)
         layer = 0
         scale = 1.0
         if use_layers:
@@ -105,9 +114,10 @@ def build_optimizer(
     layer_decay: float | None = None,
     extra_no_decay: Iterable[str] = (),
     layer_decay_mode: LayerDecayMode = "released",
+    decay_flagged: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; every group records ``base_lr = lr * lr_scale``."""
-    groups = param_groups(model, weight_decay, layer_decay, extra_no_decay, layer_decay_mode)
+    groups = param_groups(model, weight_decay, layer_decay, extra_no_decay, layer_decay_mode, decay_flagged)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     for g in groups:

@@ -39,6 +39,10 @@ class TrainConfig:
     layer being the model's answer under ``layer_decay_mode``: "released" (the authors' released
     VideoMamba grouping) or "per_block" (one layer per block).
 
+    ``decay_ssm_params``: weight decay also reaches the tensors a model flags ``_no_weight_decay``
+    unless they are 1-D (Mamba's 2-D state matrices; its 1-D skip parameters stay exempt), as the
+    authors' released optimizers do. The default False keeps them exempt (Mamba's own rule).
+
     ``amp`` is "none", "bf16" (CPU and CUDA) or "fp16" (CUDA only, with a GradScaler);
     unsupported combinations warn and train in fp32. ``distributed`` is "auto" (DDP when
     launched with more than one process), "ddp", "fsdp" or "none". Checkpoints are written every
@@ -59,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     layer_decay: float | None = None
     layer_decay_mode: LayerDecayMode = "released"
+    decay_ssm_params: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     accum_steps: int = 1

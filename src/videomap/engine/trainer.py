@@ -181,12 +181,13 @@ class Trainer:
 
         model.to(self.device)
         self.unwrapped_model = model
-        flagged = flagged_no_decay(model)  # FSDP2's replacement parameters do not carry the flags
+        # FSDP2's replacement parameters do not carry the flags
+        flagged = set() if cfg.decay_ssm_params else flagged_no_decay(model)
         self.model = wrap_model(model, self.mode, self.device, cfg.find_unused_parameters)
         # Built after wrapping: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(
             model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, extra_no_decay=flagged,
-            layer_decay_mode=cfg.layer_decay_mode,
+            layer_decay_mode=cfg.layer_decay_mode, decay_flagged=cfg.decay_ssm_params,
         )
         self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
