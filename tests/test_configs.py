@@ -383,3 +383,25 @@ def test_docs_and_headers_match_the_papers_and_the_shipped_files():
     assert "neck" in llm_doc and "is\n  the layout of MAP's released" not in llm_doc
     with open(os.path.join(CONFIG_DIR, "vl", "videomamba_m_5m_unmasked.yaml")) as f:
         assert "no run script" not in f.read()
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_finetune_recipes_take_the_released_optimizer_steps(name):
+    """Repeated augmentation as the authors' --num_sample 2: two clips per video, per-GPU batches of
+    videos, so an epoch is len(list) / (W x b) optimizer steps and the lr still scales with the clips
+    per step. The header's step count is the recipe's own arithmetic."""
+    import re
+
+    cfg = cfg_of(name)
+    with open(os.path.join(CONFIG_DIR, name), encoding="utf-8") as f:
+        header = "".join(line for line in f if line.startswith("#"))
+    m = re.search(r"# Optimizer steps: (\d+) epochs × ⌊N / \((\d+) GPUs × (\d+) videos\)⌋ for N training videos, "
+                  r"(\d+) × (\d+) × (\d+) clips per step", header)
+    assert m, f"{name}: no optimizer-steps line in the header"
+    epochs, gpus, videos, gpus2, videos2, clips = (int(g) for g in m.groups())
+    assert cfg.data.num_sample == clips == 2
+    assert (epochs, videos) == (cfg.train.epochs, cfg.train.batch_size * cfg.train.accum_steps)
+    assert (gpus2, videos2) == (gpus, videos)
+    for n in (9_537, 240_000):  # any list length
+        assert cfg.optimizer_steps(n, gpus) == epochs * (n // (gpus * videos))
+    assert cfg.global_batch(gpus) == gpus * videos * clips  # blr scales with clips per step

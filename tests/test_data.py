@@ -450,6 +450,30 @@ def test_dataset_modes_and_shapes(media):
     assert _dataset(media["val"], mode="test")[0][0].shape == (1, 3, 4, 24, 24)
 
 
+def test_repeated_augmentation_gives_independent_clips_of_one_video(media):
+    """num_sample=2 (the authors' --num_sample): one decode, two augmentations; the collate
+    flattens video-major, labels repeated, and the DataLoader still yields len / batch steps."""
+    from videomap.data import collate_repeated
+
+    one = _dataset(media["train"], flip=False)
+    two = _dataset(media["train"], num_sample=2, flip=False)
+    clips, label, index = two[4]
+    assert clips.shape == (2, 3, 4, 24, 24) and (label, index) == (4, 4)
+    assert not torch.equal(clips[0], clips[1])  # independent crops
+    assert torch.equal(clips, two[4][0])  # deterministic per (seed, epoch, index)
+    same = _dataset(media["train"], num_sample=2, flip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    first = same[4][0]
+    assert torch.equal(first[0], first[1])  # no random geometry left: one decode, same frames
+    loader = torch.utils.data.DataLoader(two, batch_size=3, collate_fn=collate_repeated, drop_last=True)
+    plain = torch.utils.data.DataLoader(one, batch_size=3, drop_last=True)
+    assert len(loader) == len(plain)
+    x, y, idx = next(iter(loader))
+    assert x.shape == (6, 3, 4, 24, 24) and y.tolist() == [0, 0, 1, 1, 2, 2] and idx.tolist() == [0, 0, 1, 1, 2, 2]
+    assert _dataset(media["val"], mode="test", num_sample=2)[0][0].shape == (1, 3, 4, 24, 24)  # train only
+    with pytest.raises(ValueError, match="num_sample"):
+        _dataset(media["train"], num_sample=0)
+
+
 def test_dataset_determinism_per_epoch(media):
     a, b = _dataset(media["train"], randaug="m9-n2"), _dataset(media["train"], randaug="m9-n2")
     assert torch.equal(a[2][0], b[2][0])

@@ -22,6 +22,7 @@ import yaml
 from .data.annotations import ListFormat
 from .data.sampling import Sampling
 from .engine import TrainConfig, scale_lr
+from .engine.distributed import steps_per_epoch
 from .finetune.distill import DistillLoss, DistillTarget
 from .llm.projector import check_projector_name
 from .pretrain.masking import MaskType
@@ -80,6 +81,13 @@ class DataSection:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     max_bad_fraction: float = 0.1
     eval_batch_size: int = 8
+    # repeated augmentation (fine-tuning): each training video gives num_sample augmented clips per
+    # batch, as the authors' --num_sample; steps per epoch stay len(list) / global batch of videos
+    num_sample: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_sample < 1:
+            raise ValueError(f"data.num_sample must be >= 1 (augmented clips per video), got {self.num_sample}")
 
 
 @dataclass
@@ -330,8 +338,17 @@ class JobConfig:
         return any(k == key or k.startswith(key + ".") for k in self.given)
 
     def global_batch(self, world_size: int | None = None) -> int:
+        """Clips per optimizer step (what ``blr`` scales with, as the authors' lr × batch ×
+        num_sample / 256): videos per step times ``data.num_sample``."""
         ws = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        return self.train.batch_size * self.train.accum_steps * ws
+        return self.train.batch_size * self.train.accum_steps * ws * self.data.num_sample
+
+    def optimizer_steps(self, num_train: int, world_size: int) -> int:
+        """Optimizer steps of the whole run on ``num_train`` training videos over ``world_size``
+        processes (the engine's count: each process takes ``num_train // world_size`` videos per
+        epoch in whole steps of ``batch_size * accum_steps``; ``num_sample`` does not change it)."""
+        per_rank = num_train // world_size
+        return self.train.epochs * steps_per_epoch(per_rank, self.train.batch_size, self.train.accum_steps)
 
     def resolved_lr(self) -> float:
         return scale_lr(self.blr, self.global_batch()) if self.blr is not None else self.train.lr

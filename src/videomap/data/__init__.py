@@ -12,6 +12,7 @@ from .dataset import (
     BadSampleBookkeeping,
     BadSampleRegistry,
     VideoClsDataset,
+    collate_repeated,
     format_bad_samples,
 )
 from .decode import (
@@ -70,6 +71,7 @@ __all__ = [
     "VideoSource",
     "as_generator",
     "center_crop",
+    "collate_repeated",
     "count_frames",
     "decode_frames",
     "dense_indices",

@@ -254,6 +254,22 @@ class BadSampleBookkeeping:
         raise BadDataError(f"{self._bad_source}: no usable sample in the whole file")
 
 
+def collate_repeated(batch: Sequence[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Collate ``(clips (S, 3, T, H, W), label, index)`` items of a repeated-augmentation dataset
+    into ``(B * S, 3, T, H, W)`` clips with labels and indices repeated per clip, video-major (the
+    authors' ``multiple_samples_collate(fold=False)``, ``video_sm/run_class_finetuning.py``)."""
+    if not batch:
+        raise ValueError("collate_repeated: empty batch")
+    clips = [item[0] for item in batch]
+    if any(c.ndim != 5 for c in clips):
+        raise ValueError(f"collate_repeated: expected clips (num_sample, 3, T, H, W), got "
+                         f"{[tuple(c.shape) for c in clips][:3]}")
+    repeats = torch.tensor([c.shape[0] for c in clips])
+    labels = torch.as_tensor([item[1] for item in batch])
+    indices = torch.as_tensor([item[2] for item in batch])
+    return (torch.cat(clips), labels.repeat_interleave(repeats, dim=0), indices.repeat_interleave(repeats))
+
+
 class VideoClsDataset(BadSampleBookkeeping, Dataset):
     """Video classification samples from an annotation list.
 
@@ -270,6 +286,12 @@ class VideoClsDataset(BadSampleBookkeeping, Dataset):
     ``num_frames`` frames ``frame_stride`` apart (Kinetics style). Videos with fewer than
     ``min_frames`` frames (default ``max(1, num_frames // 2)``) are treated as bad; shorter-than-
     needed videos above that repeat frames.
+
+    ``num_sample`` (repeated augmentation, the authors' ``--num_sample``; ``video_sm/datasets/
+    kinetics.py``): in ``mode="train"`` the frames are decoded once and augmented ``num_sample``
+    times independently, and the clip is ``(num_sample, 3, T, H, W)``; :func:`collate_repeated`
+    flattens a batch of such items, so a batch of ``b`` videos trains on ``b * num_sample`` clips
+    while an epoch keeps ``len(dataset) / b`` steps.
     """
 
     def __init__(
@@ -298,7 +320,10 @@ class VideoClsDataset(BadSampleBookkeeping, Dataset):
         min_frames: int | None = None,
         backend: str = "pyav",
         bad_sample_dir: str | os.PathLike | None = None,
+        num_sample: int = 1,
     ) -> None:
+        if isinstance(num_sample, bool) or not isinstance(num_sample, int) or num_sample < 1:
+            raise ValueError(f"num_sample: expected an integer >= 1 (augmented clips per video), got {num_sample!r}")
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
         if sampling not in ("segment", "dense"):
@@ -328,6 +353,7 @@ class VideoClsDataset(BadSampleBookkeeping, Dataset):
         self.crop_ratio = crop_ratio
         self.min_frames = int(min_frames) if min_frames is not None else max(1, self.num_frames // 2)
         self.backend = backend
+        self.num_sample = int(num_sample) if mode == "train" else 1
         self._init_bookkeeping(self.list_file, self.root, max_bad_fraction, bad_sample_dir)
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -399,6 +425,8 @@ class VideoClsDataset(BadSampleBookkeeping, Dataset):
         frames = self._decode(entry, g)  # (K*T, H, W, 3)
         clip = frames.permute(3, 0, 1, 2)  # (3, K*T, H, W)
         if self.mode == "train":
+            if self.num_sample > 1:
+                return torch.stack([self._transform_train(clip, g) for _ in range(self.num_sample)])
             return self._transform_train(clip, g)
         clip = resize_short_side(clip, self.short_side)
         if self.mode == "val":

@@ -29,6 +29,7 @@ def build_dataset(cfg: JobConfig, split: str, mode: str | None = None) -> VideoC
         test_crops=d.test_crops, flip=d.flip, randaug=d.randaug if mode == "train" else None,
         erase_prob=d.erase_prob if mode == "train" else 0.0, delimiter=d.delimiter, list_format=d.list_format,
         max_bad_fraction=d.max_bad_fraction, seed=cfg.train.seed, crop_scale=tuple(d.crop_scale),
+        num_sample=d.num_sample if mode == "train" else 1,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..config import JobConfig, dump_config
+from ..data import collate_repeated
 from ..engine import Trainer, autocast, build_eval_loader, default_device, is_main_process, resolve_amp
 from ..finetune import build_distiller, evaluate_views, head_outputs, make_loss, student_of
 from ..io import write_json
@@ -39,7 +40,8 @@ def run_finetune(cfg: JobConfig) -> dict:
     loss_fn = make_loss(student_of(model).num_classes, head=f.head, mixup=f.mixup, cutmix=f.cutmix,
                         mixup_switch_prob=f.mixup_switch_prob, label_smoothing=f.label_smoothing,
                         distill_weight=f.distill_weight)
-    trainer = Trainer(model, loss_fn, train_set, cfg.resolved_train(), evaluate_fn=evaluate_fn)
+    collate = collate_repeated if train_set.num_sample > 1 else None
+    trainer = Trainer(model, loss_fn, train_set, cfg.resolved_train(), collate_fn=collate, evaluate_fn=evaluate_fn)
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
     result = trainer.fit(resume=cfg.train.resume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..config import JobConfig, dump_config
+from ..data import collate_repeated
 from ..engine import Trainer, is_main_process
 from ..pretrain import MaskedPretrainer, build_teacher
 from .common import build_dataset, build_model, output_path
@@ -26,7 +27,8 @@ def run_pretrain(cfg: JobConfig) -> dict:
     """Pre-train and write ``encoder.safetensors`` (encoder only) into the output directory."""
     dataset = build_dataset(cfg, "train")
     model = build_pretrainer(cfg)
-    trainer = Trainer(model, lambda m, batch: m(batch[0]), dataset, cfg.resolved_train())
+    collate = collate_repeated if dataset.num_sample > 1 else None  # the authors' pre-training uses 1
+    trainer = Trainer(model, lambda m, batch: m(batch[0]), dataset, cfg.resolved_train(), collate_fn=collate)
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
     result = trainer.fit(resume=cfg.train.resume)
