@@ -431,3 +431,29 @@ def test_pixel_motion_teacher_targets_the_change_between_frames():
     assert (moving[:, 0] > 0).all() and (moving[:, 1:] == 0).all()
     with pytest.raises(ValueError, match="expected 'frames' or 'motion'"):
         PixelTeacher(16, target="flow")
+
+
+@pytest.mark.parametrize("backbone", ["videomamba_tiny", "videomap_tiny"])
+def test_umt_alignment_can_read_the_stream_before_the_last_block(backbone):
+    """student="pre_last_block" (the authors' videomamba_pretrain.py aligns ``residual`` after the
+    block loop): the aligned tokens are the un-normalised stream entering the last block, and the
+    last block and final norm are frozen (no gradient reaches them, as in the released checkpoints)."""
+    torch.manual_seed(0)
+    encoder = tiny_encoder(backbone)
+    pt = MaskedPretrainer(encoder, PixelTeacher(16), objective="video", mask_type="random", mask_ratio=0.5,
+                          student="pre_last_block")
+    video = torch.randn(2, 3, 4, 32, 32)
+    torch.manual_seed(1)
+    out = pt.predict(video)
+    stream = encoder.forward_intermediates(video, [-2], mask=out["mask"], intermediates_only=True)[0]
+    assert torch.allclose(out["pred"], pt.decoder(stream, out["mask"]), atol=1e-6)
+    frozen = {n for n, p in encoder.named_parameters() if not p.requires_grad}
+    last, norm = encoder.block_names()[-1], encoder.final_norm_name
+    assert frozen and all(n.startswith((last + ".", norm + ".")) for n in frozen)
+    pt(video)[0].backward()
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+    default = MaskedPretrainer(tiny_encoder(backbone), PixelTeacher(16), objective="video", mask_type="random",
+                               mask_ratio=0.5)
+    assert all(p.requires_grad for p in default.encoder.parameters())
+    with pytest.raises(ValueError, match="student"):
+        MaskedPretrainer(tiny_encoder(backbone), PixelTeacher(16), objective="frame", student="pre_last_block")

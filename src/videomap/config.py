@@ -26,6 +26,7 @@ from .engine.distributed import steps_per_epoch
 from .finetune.distill import DistillLoss, DistillTarget
 from .llm.projector import check_projector_name
 from .pretrain.masking import MaskType
+from .pretrain.model import AlignStudent
 from .pretrain.objectives import DEFAULT_LOSS_ON, LossOn, Objective, TargetNorm
 from .pretrain.teachers import ClipTarget, TeacherKind
 
@@ -105,6 +106,7 @@ class PretrainSection:
     loss_on: LossOn = DEFAULT_LOSS_ON
     target_norm: TargetNorm = "none"
     cls_weight: float = 1.0  # decoder cls vs the teacher's clip-level cls (frame/token objectives); 0: off
+    align_student: AlignStudent = "output"  # video objective: output tokens, or the stream before the last block
 
     def __post_init__(self) -> None:
         if self.cls_weight < 0:

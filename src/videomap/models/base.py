@@ -27,8 +27,11 @@ GlobalPool = Literal["token", "avg"]
 class VideoBackbone(nn.Module):
     """Base class: embeddings, input checks, masking and classification head.
 
-    Subclasses implement ``run_blocks`` (the one block loop), ``final_norm`` and ``block_names()``.
+    Subclasses implement ``run_blocks`` (the one block loop), ``final_norm`` and ``block_names()``,
+    and name the final norm's module in ``final_norm_name``.
     """
+
+    final_norm_name: str
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, tubelet_size: int = 1,
                  in_chans: int = 3, num_frames: int = 8, embed_dim: int = 192,
@@ -211,6 +214,13 @@ class VideoBackbone(nn.Module):
     def block_names(self) -> list[str]:  # pragma: no cover - abstract
         """Module-name prefixes of the blocks in execution order (for layer-wise lr decay)."""
         raise NotImplementedError
+
+    def modules_after_block(self, index: int) -> list[str]:
+        """Names of the modules a feature read after block ``index`` (execution order, negative
+        from the end) does not depend on: the later blocks and the final norm. A loss on such a
+        feature alone leaves them without gradient."""
+        names = self.block_names()
+        return [*names[index % len(names) + 1:], self.final_norm_name]
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed", "temporal_pos_embedding"}

@@ -47,6 +47,8 @@ class VideoMamba(VideoBackbone):
             the 1/sqrt(depth) rescale. Biases are zeroed either way.
     """
 
+    final_norm_name = "norm_f"
+
     def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 0,
                  attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
                  drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,

@@ -15,6 +15,7 @@ class VisionTransformer(VideoBackbone):
     """Every token attends to every other token of the clip (cost quadratic in T*h*w)."""
 
     released_block_layers = True  # the released layer-decay code still decays ``blocks.N`` per block
+    final_norm_name = "norm"
 
     def __init__(self, depth: int = 12, embed_dim: int = 768, num_heads: int = 12, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, **kwargs) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from .objectives import (
 )
 from .teachers import Teacher, as_teacher, clip_level_cls
 
+AlignStudent = Literal["output", "pre_last_block"]
+ALIGN_STUDENTS: tuple[str, ...] = get_args(AlignStudent)
+
 
 def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
     """Average teacher frames over each tubelet when the student merges frames (tubelet > 1)."""
@@ -40,15 +44,26 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
     For the ``frame``/``token`` objectives the loss is the next-frame MSE (scored where ``loss_on``
     says) plus ``cls_weight`` times the MSE of the decoder's cls output against the teacher's
     clip-level cls (0 disables it). The ``video`` objective aligns the cls as one more token.
+
+    ``student`` (``video`` objective): the tokens aligned are the encoder's normalised output
+    (``"output"``) or, as the authors' masked pre-training (``video_sm/models/videomamba_pretrain.py``,
+    ``x_clip_vis.append(residual)`` after the block loop), the un-normalised residual stream entering
+    the last block (``"pre_last_block"``). The last block and the final norm then get no gradient
+    and are frozen: they keep their initial values, as in the authors' released checkpoints.
     """
 
     def __init__(self, encoder: VideoBackbone, teacher: Teacher | nn.Module, objective: str = "frame",
                  mask_type: str = "attention", mask_ratio: float = 0.5, decoder_dim: int | None = None,
                  decoder_depth: int = 3, loss_on: str = DEFAULT_LOSS_ON, target_norm: str = "none",
-                 cls_weight: float = 1.0) -> None:
+                 cls_weight: float = 1.0, student: AlignStudent = "output") -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if student not in ALIGN_STUDENTS:
+            raise ValueError(f"student: expected one of {ALIGN_STUDENTS}, got {student!r}")
+        if student != "output" and objective != "video":
+            raise ValueError(f"student={student!r} applies to the 'video' (UMT alignment) objective only, "
+                             f"not {objective!r}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"loss_on: expected one of {LOSS_ON}, got {loss_on!r}")
         if cls_weight < 0:
@@ -63,6 +78,10 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
         c = self.teacher.feature_dim
         if not c:
             raise ValueError("teacher.feature_dim is unknown; set it on the teacher module")
+        self.student = student
+        if student == "pre_last_block":
+            for name in encoder.modules_after_block(-2):
+                encoder.get_submodule(name).requires_grad_(False)
         if objective == "video":
             self.decoder = AlignHead(encoder.embed_dim, c, max_tokens=1 + 4 * int(torch.tensor(encoder.grid).prod()))
         else:
@@ -83,7 +102,10 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
         tout = teacher(video, grid[1:])
         attn = _align_teacher_time(tout.attn, grid[0])
         mask = self.masker(video.shape[0], grid, attn=attn, device=video.device)
-        tokens = self.encoder.forward_features(video, mask=mask)
+        if self.student == "pre_last_block":
+            tokens = self.encoder.forward_intermediates(video, [-2], mask=mask, intermediates_only=True)[0]
+        else:
+            tokens = self.encoder.forward_features(video, mask=mask)
         pred = self.decoder(tokens, mask) if self.objective == "video" else self.decoder(tokens, mask, grid)
         return {"mask": mask, "target": _align_teacher_time(tout.patch, grid[0]), "pred": pred, "teacher": tout}
 
@@ -113,4 +135,4 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
         return os.fspath(path)
 
 
-__all__ = ["MaskedPretrainer"]
+__all__ = ["ALIGN_STUDENTS", "AlignStudent", "MaskedPretrainer"]

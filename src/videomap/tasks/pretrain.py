@@ -20,7 +20,7 @@ def build_pretrainer(cfg: JobConfig) -> MaskedPretrainer:
                             local_files_only=p.local_files_only, clip_target=p.clip_target)
     return MaskedPretrainer(encoder, teacher, objective=p.objective, mask_type=p.mask_type, mask_ratio=p.mask_ratio,
                             decoder_dim=p.decoder_dim, decoder_depth=p.decoder_depth, loss_on=p.loss_on,
-                            target_norm=p.target_norm, cls_weight=p.cls_weight)
+                            target_norm=p.target_norm, cls_weight=p.cls_weight, student=p.align_student)
 
 
 def run_pretrain(cfg: JobConfig) -> dict:

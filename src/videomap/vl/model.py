@@ -360,9 +360,7 @@ class VideoTextModel(WrapsBackbone, nn.Module):
         if cfg.vtc == 0:
             parts += ["pool_norm", "vision_proj", "text_proj", "temp"]
         if cfg.uta_student == "pre_last_block" and cfg.vtc == cfg.vtm == cfg.mlm == 0:
-            enc = self.video_encoder
-            parts += [f"video_encoder.{enc.block_names()[-1]}",
-                      *(f"video_encoder.{n}" for n in ("norm_f", "norm") if hasattr(enc, n))]
+            parts += [f"video_encoder.{n}" for n in self.video_encoder.modules_after_block(-2)]
 
         def inside(name: str) -> bool:
             return any(name == p or name.startswith(p + ".") for p in parts)
