@@ -9,7 +9,8 @@ text encoder with cross-attention fusion layers, trained with VTC, VTM, MLM and 
                                                        video_encoder="videomamba_middle",
                                                        video_checkpoint="encoder.safetensors"))
     losses = model(videos, input_ids, attention_mask)          # {"loss", "vtc", "vtm", "mlm", "uta"}
-    _, v = model.encode_video(videos)                           # (B, 512), L2-normalised
+    _, v = model.encode_video(videos)                           # (B, 512), L2-normalised (per frame
+                                                                # (B, T, 512) with keep_temporal)
     _, t = model.encode_text(input_ids, attention_mask)
 
 The model classes are imported on first use, so ``import videomap.vl`` stays cheap.
