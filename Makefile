@@ -27,7 +27,7 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/videomap demo
 
-# passive OpenMP waiting: the suite shares its cores (see src/videomap/engine/threads.py)
+# passive OpenMP waiting: the suite shares its cores (see src/videomap/threads.py)
 test: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     # Lazy, so that ``import videomap.cli`` does not import torch: the command sets OpenMP's wait
-    # policy first, which only works before the OpenMP runtime is loaded (engine/threads.py).
+    # policy first, which only works before the OpenMP runtime is loaded (threads.py).
     if name in ("create_model", "from_pretrained", "list_models"):
         from . import models
 
