@@ -517,7 +517,7 @@ def test_bad_samples_are_skipped_and_reported_once(tmp_path, media, workers, cap
     summary = ds.bad_sample_summary()
     assert "6 unreadable" in summary and "too short" in summary and "zero-byte" in summary
     if workers == 0:  # worker processes log to their own copies of the handlers
-        warned = [r for r in caplog.records if r.name == "videomap.data"]
+        warned = [r for r in caplog.records if r.name == "videomap.data.dataset"]
         assert len(warned) == len(bad_idx)
         assert sorted(
             p for p in media["broken"].values() if any(p in r.getMessage() for r in warned)

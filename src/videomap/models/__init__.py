@@ -7,11 +7,11 @@ into it; ``from_pretrained(directory)`` rebuilds a model saved with ``model.save
 
 from .base import VideoBackbone
 from .registry import MODEL_DEFS, create_model, from_pretrained, list_models
-from .videomamba import VideoMamba
+from .videomamba import VideoHybrid, VideoMamba
 from .vit import VisionTransformer
 from .weights import load_pretrained
 
 __all__ = [
-    "MODEL_DEFS", "VideoBackbone", "VideoMamba", "VisionTransformer", "create_model", "from_pretrained",
+    "MODEL_DEFS", "VideoBackbone", "VideoHybrid", "VideoMamba", "VisionTransformer", "create_model", "from_pretrained",
     "list_models", "load_pretrained",
 ]

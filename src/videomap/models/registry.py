@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .videomamba import VideoMamba
+from .videomamba import VideoHybrid, VideoMamba
 from .vit import VisionTransformer
 
 # name -> (class, architecture kwargs). Sizes: see docs/models.md for the parameter counts.
@@ -18,11 +18,11 @@ MODEL_DEFS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "videomamba_small": (VideoMamba, dict(depth=24, embed_dim=384)),
     "videomamba_middle": (VideoMamba, dict(depth=32, embed_dim=576)),
     # VideoHybrid (VideoMAP): a Transformer block after every 4 Mamba layers
-    "videomap_tiny": (VideoMamba, dict(depth=24, embed_dim=192, attn_every=4, attn_mlp_ratio=2.0)),
-    "videomap_small": (VideoMamba, dict(depth=24, embed_dim=384, attn_every=4, attn_mlp_ratio=2.0)),
-    "videomap_middle": (VideoMamba, dict(depth=32, embed_dim=576, attn_every=4, attn_mlp_ratio=2.0)),
-    "videomap_base": (VideoMamba, dict(depth=32, embed_dim=768, attn_every=4, attn_mlp_ratio=2.0)),
-    "videomap_large": (VideoMamba, dict(depth=32, embed_dim=1024, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_tiny": (VideoHybrid, dict(depth=24, embed_dim=192, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_small": (VideoHybrid, dict(depth=24, embed_dim=384, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_middle": (VideoHybrid, dict(depth=32, embed_dim=576, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_base": (VideoHybrid, dict(depth=32, embed_dim=768, attn_every=4, attn_mlp_ratio=2.0)),
+    "videomap_large": (VideoHybrid, dict(depth=32, embed_dim=1024, attn_every=4, attn_mlp_ratio=2.0)),
     # joint space-time attention baselines
     "vit_tiny": (VisionTransformer, dict(depth=12, embed_dim=192, num_heads=3)),
     "vit_base": (VisionTransformer, dict(depth=12, embed_dim=768, num_heads=12)),
