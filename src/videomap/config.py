@@ -126,6 +126,8 @@ class ExtractSection:
     frame_stride: int = 2  # frames skipped between sampled frames inside a window
     window_stride: int | None = None  # sampled frames between window starts (default: num_frames, no overlap)
     pool: Literal["cls", "mean"] = "cls"  # mean: of the patch tokens
+    layer: int = -1  # block whose output is read, in execution order (hybrids: attention blocks too); -1: last
+    norm: bool = True  # pass that output through the model's final norm (-1 with norm: forward_features)
 
 
 LlmStage = Literal["align", "instruct"]
