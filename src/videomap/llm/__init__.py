@@ -1,5 +1,9 @@
 """Video-LLM (VideoMAP-LLaVA): registry encoders + a shared projector + any Hugging Face causal LM.
 
+Owns the vision tower (:mod:`.vision`), the projector, the model and its save/load, instruction and
+QA data with chat templates (:mod:`.data`, :mod:`.conversation`), QA evaluation (:mod:`.qa`) and the
+tiny local tokenizer / LM builders (:mod:`.tiny`); the commands are in :mod:`videomap.tasks.llm`.
+
 ::
 
     from videomap.llm import VideoLLM, VideoLLMConfig

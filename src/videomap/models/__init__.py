@@ -1,5 +1,9 @@
 """Backbones: VideoMamba, VideoHybrid (VideoMAP) and the ViT baseline, plus the registry.
 
+Every backbone shares :class:`VideoBackbone`'s interface (embed, one block loop, final norm,
+``forward_features``, ``forward_intermediates``, head), so code above this package never asks
+which class it holds.
+
 Weights: ``create_model(name, pretrained=path)`` builds a registered model and loads a checkpoint
 into it; ``from_pretrained(directory)`` rebuilds a model saved with ``model.save_pretrained``;
 ``load_pretrained(model, path)`` loads into a model you built yourself.
