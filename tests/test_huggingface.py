@@ -119,7 +119,8 @@ def test_pipeline_top1_equals_evaluate_on_real_mp4s(exported, capsys):
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(100.0)
     wrong = [(p + 1) % 3 for p in predicted]
     cfg_args[0] = f"data.test_list={_eval_cfg(root, list(zip(videos, wrong))).data.test_list}"
-    assert main(["evaluate", "--checkpoint", str(root / "ckpt"), *cfg_args]) == 0
+    # (the exported directory is a checkpoint videomap evaluate reads too)
+    assert main(["evaluate", "--checkpoint", str(root / "videomap-hf"), *cfg_args]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(0.0)
 
 

@@ -168,7 +168,7 @@ class VideoMAPModel(VideoMAPPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"backbone\.head\."]  # features from a classifier's directory
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutputWithPooling | tuple:
+                return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
         last, hidden = self._run(pixel_values, output_hidden_states)
         pooled = self.backbone.forward_head(last, pre_logits=True)
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -191,8 +191,8 @@ class VideoMAPForVideoClassification(VideoMAPPreTrainedModel):
         super().__init__(config)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs: Any) -> ImageClassifierOutput | tuple:
+                output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> ImageClassifierOutput | tuple:
         last, hidden = self._run(pixel_values, output_hidden_states)
         logits = self.backbone.forward_head(last)
         loss = None if labels is None else self._loss(logits, labels)
