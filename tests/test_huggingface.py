@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -90,6 +91,14 @@ def test_processor_gives_the_single_view_of_evaluate(exported):
     assert torch.equal(processor(frames.numpy())["pixel_values"], got)
     with pytest.raises(ValueError, match="unsupported option"):
         processor(video, size=224)
+    # dense sampling (Kinetics style) follows evaluate's centred clip as well
+    from videomap.data.video_processor import VideoMAPVideoProcessor
+
+    dense = VideoMAPVideoProcessor(num_frames=4, crop_size=32, short_side=40, sampling="dense", frame_stride=8)
+    cfg = _eval_cfg(root, [(video, 0)])
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="dense", frame_stride=8))
+    want = build_dataset(cfg, "test")[0][0]
+    assert torch.equal(dense(video)["pixel_values"], want) and not torch.equal(want, view)
 
 
 def test_pipeline_top1_equals_evaluate_on_real_mp4s(exported, capsys):
@@ -178,6 +187,12 @@ def test_register_with_transformers_loads_without_remote_code(exported):
     with torch.no_grad():
         assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 2])).item(),
                                             rel=1e-5)
+    # the stock pipeline too, with the in-package classes
+    from transformers import pipeline
+
+    classify = pipeline("video-classification", model=str(out))
+    assert type(classify.video_processor) is VideoMAPVideoProcessor
+    assert classify(real_video("carphone_pristine.mp4"), top_k=1)[0]["label"] in LABELS
 
 
 def test_config_and_export_errors(tmp_path, exported, capsys):
