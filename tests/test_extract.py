@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import tiny_model
+from tests.helpers import real_video, tiny_model
 from videomap import create_model
 from videomap.cli import main
 from videomap.config import load_config
@@ -47,6 +47,20 @@ def test_extract_checkpoint_dir_without_config_builds_the_saved_model(tmp_path, 
     assert files == ["videos/val_00000.safetensors", "videos/val_00001.safetensors"]
     feats = load_file(str(out / files[0]))["features"]
     assert feats.shape == (1, 32) and torch.isfinite(feats).all()  # 8 frames / stride 2 = one 4-frame window
+
+
+def test_extract_a_real_mp4_in_windows(tmp_path, saved, capsys):
+    """250 frames of a real 640x272 encode, every 25th sampled: windows of 4 start at 0, 4 and 6."""
+    video = real_video("bikes.mp4")
+    (tmp_path / "list.txt").write_text(video + "\n")
+    out = tmp_path / "features"
+    rc = main(["extract", "--checkpoint", saved, f"extract.list={tmp_path / 'list.txt'}", f"extract.output_dir={out}",
+               "extract.frame_stride=25", "extract.window_stride=4"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["written"] == 1
+    (path,) = out.rglob("bikes.safetensors")
+    feats = load_file(str(path))["features"]
+    assert feats.shape == (3, 32) and torch.isfinite(feats).all()
+    assert not torch.allclose(feats[0], feats[2])  # different moments of the video
 
 
 @pytest.mark.parametrize("override, named", [

@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from tests.helpers import real_video
 from videomap.cli import main
 from videomap.config import load_config
 from videomap.engine import TrainConfig, Trainer, load_train_state
@@ -199,13 +200,14 @@ def test_chat_answers_and_names_bad_arguments(setup, stage2, tmp_path, capsys):
     from videomap.llm.conversation import build_prompt
 
     final = str(stage2 / "final")
-    assert main(["chat", "--checkpoint", final, "--video", setup["clips"][0], "what happens in this video?",
+    video = real_video("carphone_pristine.mp4", fallback=setup["clips"][0])  # a real camera MP4 when installed
+    assert main(["chat", "--checkpoint", final, "--video", video, "what happens in this video?",
                  "--max-new-tokens", "6"]) == 0
     answer = capsys.readouterr().out.strip()
     # the same greedy answer as the Python API gives
     model = VideoLLM.from_pretrained(final)
     ids = build_prompt(model.tokenizer, "what happens in this video?", "video")[None]
-    new = model.generate(ids, videos=load_video(setup["clips"][0], 4, 32)[None], max_new_tokens=6)
+    new = model.generate(ids, videos=load_video(video, 4, 32)[None], max_new_tokens=6)
     assert answer == model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
     assert len(answer.split()) <= 6
     assert main(["chat", "--checkpoint", final, "what kind of motion is it?"]) == 0  # text only

@@ -544,15 +544,15 @@ def test_encoder_round_trip_through_transformers_auto_classes(backbone, tmp_path
     from transformers import AutoConfig, AutoModel
 
     from videomap.llm import register_with_transformers
-    from videomap.llm.hf import VideoMAPEncoderModel
+    from videomap.models.hf import VideoMAPModel
 
     register_with_transformers()
     register_with_transformers()  # idempotent
-    VideoMAPEncoderModel.from_backbone(backbone).save_pretrained(tmp_path / "enc")
+    VideoMAPModel.from_backbone(backbone).save_pretrained(tmp_path / "enc")
     config = AutoConfig.from_pretrained(tmp_path / "enc")
-    assert config.model_type == "videomap_encoder" and config.hidden_size == 32 and config.num_frames == 4
+    assert config.model_type == "videomap" and config.hidden_size == 32 and config.num_frames == 4
     loaded = AutoModel.from_pretrained(tmp_path / "enc").eval()
-    assert isinstance(loaded, VideoMAPEncoderModel)
+    assert isinstance(loaded, VideoMAPModel)
     video = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         expected = backbone.forward_features(video)

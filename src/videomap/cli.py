@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("finetune", "supervised fine-tuning with evaluation"),
                             ("evaluate", "multi-view evaluation of a checkpoint"),
                             ("extract", "per-video features with sliding windows"),
-                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch"),
+                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file or a transformers "
+                             "directory (hf), checked against PyTorch"),
                             ("llm-train", "train a Video-LLM stage (llm.stage: align | instruct), see docs/llm.md"),
                             ("llm-eval", "video QA accuracy of a trained Video-LLM (open-ended or multiple choice)"),
                             ("vl-train", "video-text pre-training (VTC, VTM, MLM, UTA), see docs/retrieval.md"),
@@ -42,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         if name == "export":
-            p.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
-            p.add_argument("--out", help="output file (default: model.<format> beside the checkpoint)")
+            p.add_argument("--format", choices=("pt2", "onnx", "hf"), default="pt2")
+            p.add_argument("--out", help="output file, or directory for hf (default: model.<format> or hf/ beside "
+                           "the checkpoint)")
+            p.add_argument("--labels", help="hf: text file with the class names, one per line (default LABEL_i)")
         if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")
@@ -214,7 +217,7 @@ def _extract(cfg: JobConfig, args: argparse.Namespace) -> dict:
 def _export(cfg: JobConfig, args: argparse.Namespace) -> dict:
     from .tasks.export import run_export
 
-    return run_export(cfg, args.checkpoint, args.format, args.out)
+    return run_export(cfg, args.checkpoint, args.format, args.out, labels=args.labels)
 
 
 def _llm_train(cfg: JobConfig, args: argparse.Namespace) -> None:
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     set_wait_policy()
     args = _parser().parse_args(argv)
     handler = _setup_logging()
-    if args.command in LLM_COMMANDS + VL_COMMANDS or getattr(args, "llm", False) or getattr(args, "vl", False):
+    if (args.command in LLM_COMMANDS + VL_COMMANDS or getattr(args, "llm", False) or getattr(args, "vl", False)
+            or getattr(args, "format", None) == "hf"):
         _quiet_transformers()
     try:
         return COMMANDS[args.command](args)

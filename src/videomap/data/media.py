@@ -4,7 +4,8 @@ Used wherever a single file is read on request (instruction data, captions, chat
 indexing) rather than sampled from an annotation list as :class:`~videomap.data.VideoClsDataset`
 does. Geometry: segment sampling of ``num_frames`` frames; ``mode="train"`` takes a random frame
 per segment and one random resized crop for the whole clip, ``mode="test"`` the segment centres,
-a short-side resize and a centre crop; then ImageNet normalisation. Images are read with Pillow
+a short-side resize and a centre crop, the single view ``videomap evaluate`` takes with
+``data.test_clips=1 data.test_crops=1``; then ImageNet normalisation. Images are read with Pillow
 when it is installed, PyAV otherwise. No flip by default: text about the clip may say left/right.
 """
 
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 MODES = ("train", "test")
 
-__all__ = ["MODES", "is_image_path", "load_image", "load_video"]
+__all__ = ["MODES", "is_image_path", "load_image", "load_video", "transform_clip"]
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -40,10 +41,11 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
 
 
-def _transform(clip: torch.Tensor, img_size: int, mode: str, generator: torch.Generator | None,
-               short_side: int | None, crop_scale: tuple[float, float], flip: bool,
-               mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(3, T, H, W)`` -> normalised float ``(3, T, img_size, img_size)``."""
+def transform_clip(clip: torch.Tensor, img_size: int, mode: str = "test", generator: torch.Generator | None = None,
+                   short_side: int | None = None, crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 ``(3, T, H, W)`` (or float in 0..1) -> normalised float ``(3, T, img_size, img_size)``."""
+    _check_mode(mode)
     if mode == "train":
         clip = random_resized_crop(clip, img_size, crop_scale, (3 / 4, 4 / 3), generator)
         if flip:
@@ -56,10 +58,13 @@ def _transform(clip: torch.Tensor, img_size: int, mode: str, generator: torch.Ge
 def load_video(path: str | os.PathLike, num_frames: int = 8, img_size: int = 224, mode: str = "test", *,
                generator: torch.Generator | None = None, short_side: int | None = None,
                crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = False, min_frames: int = 1,
-               backend: str = "pyav", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-               ) -> torch.Tensor:
-    """Decode ``num_frames`` frames (segment sampling) of a video file or frame folder into a
-    normalised float ``(3, T, img_size, img_size)`` clip; raises ``VideoDecodeError``."""
+               backend: str = "pyav", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+               sampling: str = "segment", frame_stride: int = 4) -> torch.Tensor:
+    """Decode ``num_frames`` frames of a video file or frame folder into a normalised float
+    ``(3, T, img_size, img_size)`` clip; raises ``VideoDecodeError``.
+
+    ``sampling`` / ``frame_stride``: as ``data.sampling`` / ``data.frame_stride`` (test clip 0 of 1 in
+    ``mode="test"``)."""
     _check_mode(mode)
     path = os.fspath(path)
     reader = open_video(path, backend)
@@ -67,11 +72,13 @@ def load_video(path: str | os.PathLike, num_frames: int = 8, img_size: int = 224
         n = reader.num_frames
         if n < min_frames:
             raise VideoDecodeError(path, f"too short: {n} frame(s), need at least {min_frames}")
-        indices = sample_clip_indices(n, num_frames, "segment", train=mode == "train", generator=generator)
+        indices = sample_clip_indices(n, num_frames, sampling, frame_stride, train=mode == "train",
+                                      generator=generator)
         frames = reader.get_frames(indices)  # (T, H, W, 3) uint8
     finally:
         reader.close()
-    return _transform(frames.permute(3, 0, 1, 2), img_size, mode, generator, short_side, crop_scale, flip, mean, std)
+    return transform_clip(frames.permute(3, 0, 1, 2), img_size, mode, generator, short_side, crop_scale, flip, mean,
+                          std)
 
 
 def _read_image(path: str) -> torch.Tensor:
@@ -110,4 +117,4 @@ def load_image(path: str | os.PathLike, img_size: int = 224, mode: str = "test",
     geometry as :func:`load_video`; raises ``VideoDecodeError``."""
     _check_mode(mode)
     clip = _read_image(os.fspath(path)).permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W)
-    return _transform(clip, img_size, mode, generator, short_side, crop_scale, flip, mean, std)[:, 0]
+    return transform_clip(clip, img_size, mode, generator, short_side, crop_scale, flip, mean, std)[:, 0]

@@ -36,12 +36,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "VideoLLM": "model", "VideoLLMConfig": "model", "VisionTower": "vision", "build_projector": "projector",
-    "register_with_transformers": "hf",
+    "VideoLLM": ".model", "VideoLLMConfig": ".model", "VisionTower": ".vision", "build_projector": ".projector",
+    "register_with_transformers": "videomap.models.hf",  # the encoders as transformers models live in models/
 }
 
 if TYPE_CHECKING:
-    from .hf import register_with_transformers
+    from ..models.hf import register_with_transformers
     from .model import VideoLLM, VideoLLMConfig
     from .projector import build_projector
     from .vision import VisionTower
@@ -51,5 +51,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'videomap.llm' has no attribute {name!r}")

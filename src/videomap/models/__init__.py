@@ -6,7 +6,9 @@ which class it holds.
 
 Weights: ``create_model(name, pretrained=path)`` builds a registered model and loads a checkpoint
 into it; ``from_pretrained(directory)`` rebuilds a model saved with ``model.save_pretrained``;
-``load_pretrained(model, path)`` loads into a model you built yourself.
+``load_pretrained(model, path)`` loads into a model you built yourself. ``path`` may be
+``"hf-hub:ORG/NAME"`` (the Hugging Face Hub, :mod:`.hub`); ``model.push_to_hub(repo)`` uploads.
+The transformers classes live in :mod:`.hf`, imported only on use (it imports transformers).
 """
 
 from .base import VideoBackbone
