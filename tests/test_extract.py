@@ -48,7 +48,7 @@ def test_extract_checkpoint_dir_without_config_builds_the_saved_model(tmp_path, 
 
 @pytest.mark.parametrize("override, named", [
     ("model.name=videomamba_tiny", "videomamba_tiny"),
-    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim=48"),
+    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim is 48"),
 ])
 def test_extract_with_a_conflicting_model_is_an_error(tmp_path, videos, saved, capsys, override, named):
     out = tmp_path / "features"
