@@ -131,9 +131,6 @@ class ExtractSection:
     pool: Literal["cls", "mean"] = "cls"  # mean: of the patch tokens
 
 
-LoraSection = LoraOptions  # ``llm.lora``: the model's own LoRA options
-
-
 @dataclass
 class LlmSection(VideoLLMConfig):
     """A Video-LLM job (``videomap llm-train`` / ``llm-eval``).
@@ -150,7 +147,7 @@ class LlmSection(VideoLLMConfig):
 
     stage: Stage = "align"  # align: projector only; instruct: projector + LM (full or LoRA)
     init_from: str | None = None  # a previous stage's saved VideoLLM directory
-    lora: LoraOptions | None = None  # instruct stage only
+    lora: LoraOptions | None = None  # instruct stage only (the model's own LoRA options)
     train_encoder: bool = False
     llm_gradient_checkpointing: bool = False
     train_json: str | None = None  # LLaVA / Video-ChatGPT style conversations

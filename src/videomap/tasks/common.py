@@ -131,8 +131,8 @@ def _resolve(cfg: JobConfig, checkpoint: str | os.PathLike) -> tuple[JobConfig, 
         names = set(job_arch) | set(saved_arch)
         restore_config({"model.name": saved_name, **{k: saved_arch.get(k) for k in names}},
                        {"model.name": m.name, **{k: job_arch.get(k) for k in names}},
-                       runtime=_NOT_ARCHITECTURE, checkpoint=f"{os.fspath(checkpoint)}/config.json",
-                       keys="model.name/model.overrides",
+                       runtime=_NOT_ARCHITECTURE, keys="model.name/model.overrides",
+                       checkpoint=f"{os.fspath(checkpoint)}/config.json (model {saved_name})",
                        advice="drop model.name/model.overrides to use the saved architecture, or pass the "
                               "checkpoint of the model you meant")
         name, overrides = m.name, dict(m.overrides)
