@@ -77,9 +77,9 @@ class VideoTextConfig:
     must match. A new field therefore counts as architecture unless it is listed here.
     """
 
-    text_encoder: str  # BERT-class masked LM: a local directory or hub id
-    tokenizer: str | None = None  # default: text_encoder
-    local_files_only: bool = True  # never download unless asked to
+    text_encoder: str
+    tokenizer: str | None = None
+    local_files_only: bool = True
     video_encoder: str = "videomamba_middle"
     video_checkpoint: str | None = None
     video_overrides: dict[str, Any] = field(default_factory=dict)
@@ -87,9 +87,9 @@ class VideoTextConfig:
     img_size: int = 224
     embed_dim: int = 512
     temp_init: float = 0.07
-    fusion_layers: int = 3  # the text encoder's last layers that cross-attend to the video
+    fusion_layers: int = 3
     max_text_len: int = 32
-    vtc: float = 1.0  # loss weights; 0 turns a loss off
+    vtc: float = 1.0
     vtm: float = 1.0
     mlm: float = 1.0
     uta: float = 1.0
@@ -99,7 +99,7 @@ class VideoTextConfig:
     video_mask_ratio: float = 0.8
     image_mask_type: MaskType = "attention"
     image_mask_ratio: float = 0.5
-    uta_teacher: str = "pixel"  # "pixel", "pixel_motion", "none" or a CLIP directory / hub id
+    uta_teacher: str = "pixel"
     uta_clip_target: ClipTarget = "videomamba"
 
     # what a saved model may be run or trained further with: clip size, text length, the losses
