@@ -161,3 +161,15 @@ def test_a_field_not_declared_runtime_counts_as_architecture():
         assert not cls.RUNTIME_FIELDS & cls.SOURCE_FIELDS
     assert {"embed_dim", "fusion_layers", "video_encoder", "video_overrides"}.isdisjoint(VideoTextConfig.RUNTIME_FIELDS)
     assert {"projector", "feature_layer", "video_encoder"}.isdisjoint(VideoLLMConfig.RUNTIME_FIELDS)
+
+
+def test_job_sections_take_the_model_fields_and_defaults_from_the_model():
+    """A job's llm / vl block is the model's own config: same keys, same defaults, nothing to keep in step."""
+    from videomap.config import LlmSection, VlSection
+
+    for section, model_cls, key, source in ((LlmSection, VideoLLMConfig, "llm", "language_model"),
+                                            (VlSection, VideoTextConfig, "vl", "text_encoder")):
+        block = getattr(load_config(None, [f"{key}.{source}=some/dir"]), key)
+        assert isinstance(block, section) and block.model_config() == model_cls(**{source: "some/dir"})
+        model_keys = {f.name for f in dataclasses.fields(model_cls)}
+        assert model_keys < {f.name for f in dataclasses.fields(section)} and set(block.to_dict()) == model_keys
