@@ -65,7 +65,7 @@ def test_extract_a_real_mp4_in_windows(tmp_path, saved, capsys):
 
 @pytest.mark.parametrize("override, named", [
     ("model.name=videomamba_tiny", "videomamba_tiny"),
-    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim=48"),
+    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim is 48"),
 ])
 def test_extract_with_a_conflicting_model_is_an_error(tmp_path, videos, saved, capsys, override, named):
     out = tmp_path / "features"

@@ -8,7 +8,7 @@ tiny local tokenizer / LM builders (:mod:`.tiny`); the commands are in :mod:`vid
 
     from videomap.llm import VideoLLM, VideoLLMConfig
 
-    model = VideoLLM.from_config(VideoLLMConfig(llm="path/to/vicuna-7b", video_encoder="videomap_middle",
+    model = VideoLLM.from_config(VideoLLMConfig(language_model="path/to/vicuna-7b", video_encoder="videomap_middle",
                                                 video_checkpoint="encoder.safetensors"))
     model.set_trainable("align")              # stage 1: projector only
     out = model(**batch)                      # batch from videomap.llm.data.collate_instructions

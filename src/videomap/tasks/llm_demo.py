@@ -260,7 +260,7 @@ def run_llm_demo(out: str = "runs/llm-demo", quick: bool = False, seed: int = 0,
         "train.tensorboard=false", "train.resume=true", "train.save_trainable_only=true", f"train.seed={seed}",
     ]
     model = [
-        f"llm.llm={os.path.join(lm_dir, 'model')}", "llm.video_encoder=videomap_tiny",
+        f"llm.language_model={os.path.join(lm_dir, 'model')}", "llm.video_encoder=videomap_tiny",
         f"llm.video_checkpoint={encoder}",
         f"llm.video_overrides={demo_encoder_overrides(quick)}", f"llm.num_frames={d['frames']}",
         f"llm.img_size={d['size']}",

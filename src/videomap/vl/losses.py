@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from ..pretrain.objectives import alignment_loss
 from ..pretrain.teachers import TeacherOutput, clip_level_cls
 
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 TEMP_RANGE = (0.001, 0.5)  # UMT clip_contrastive_temperature(min_val=0.001, max_val=0.5)
-IGNORE_INDEX = -100
 
 
 def _world() -> int:
