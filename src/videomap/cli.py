@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     media = c.add_mutually_exclusive_group()
     media.add_argument("--video", help="video file (or frame folder) the question is about")
     media.add_argument("--image", help="image file the question is about")
-    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--max-new-tokens", type=int, help="answer length limit in tokens (default: the Video-LLM's own limit)")
     c.add_argument("--llm-dtype", choices=("float32", "bfloat16", "float16"),
                    help="load the LM in this precision (default: as saved)")
     c.add_argument("question", help='e.g. "What happens in this video?"')
@@ -183,7 +183,8 @@ def _chat(args: argparse.Namespace) -> int:
 
     configure_threads(num_workers=0)
     print(run_chat(args.checkpoint, args.question, video=args.video, image=args.image,
-                   max_new_tokens=args.max_new_tokens, llm_dtype=args.llm_dtype))
+                   llm_dtype=args.llm_dtype,
+                   **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})))
     return 0
 
 
