@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     media = c.add_mutually_exclusive_group()
     media.add_argument("--video", help="video file (or frame folder) the question is about")
     media.add_argument("--image", help="image file the question is about")
-    c.add_argument("--max-new-tokens", type=int, help="answer length limit in tokens (default: the Video-LLM's own limit)")
+    c.add_argument("--max-new-tokens", type=int,
+                   help="answer length limit in tokens (default: the Video-LLM's own limit)")
     c.add_argument("--llm-dtype", choices=("float32", "bfloat16", "float16"),
                    help="load the LM in this precision (default: as saved)")
     c.add_argument("question", help='e.g. "What happens in this video?"')
