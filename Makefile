@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.videomap-installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ ! -x "$(PY)" ]; then \
@@ -27,12 +27,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/videomap demo
 
-# passive OpenMP waiting: the suite shares its cores (see src/videomap/engine/threads.py)
+# passive OpenMP waiting: the suite shares its cores (see src/videomap/threads.py)
 test: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
-
-test-all: setup
-	$(PY) -m pytest -q -m ""
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

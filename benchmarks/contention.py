@@ -9,8 +9,8 @@ once at start-up:
 
 * ``spin``: OpenMP's default waiting (``OMP_WAIT_POLICY`` unset), torch's default thread count;
 * ``videomap``: what the ``videomap`` command does: passive waiting when other work already
-  keeps CPUs busy at start-up (:func:`videomap.cli.set_wait_policy`), the default otherwise, and
-  :func:`videomap.engine.threads.configure_threads` (threads = CPUs in the affinity mask).
+  keeps CPUs busy at start-up (:func:`videomap.threads.set_wait_policy`), the default otherwise, and
+  :func:`videomap.threads.configure_threads` (threads = CPUs in the affinity mask).
 
 Rounds alternate the order of the cases; the median is reported. Targets: with one neighbour,
 ``videomap`` keeps >= 50 % of its unloaded rate; alone it loses <= 5 % against ``spin``.
@@ -35,13 +35,13 @@ POLICIES = ("spin", "videomap")
 
 def run_case(policy: str, seconds: float) -> dict:
     if policy == "videomap":  # what the command does, before torch (and OpenMP) load
-        from videomap.cli import set_wait_policy
+        from videomap.threads import set_wait_policy
 
         set_wait_policy()
     import torch
 
-    from videomap.engine.threads import configure_threads
     from videomap.models import create_model
+    from videomap.threads import configure_threads
 
     if policy == "videomap":
         configure_threads(num_workers=0)

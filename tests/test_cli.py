@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
+import logging
 import os
 
 import pytest
 import torch
 
 from tests.helpers import tiny_model
-from videomap.cli import main
+from videomap.cli import COMMANDS, _parser, main
 from videomap.config import load_config, parse_override
 from videomap.models import create_model, load_pretrained
 
@@ -27,6 +30,24 @@ def test_overrides_and_numbers():
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     with pytest.raises(ValueError, match="key=value"):
         parse_override("train.epochs")
+
+
+def test_every_subcommand_has_a_handler():
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+
+
+def test_each_main_call_logs_to_the_stderr_of_its_time():
+    """The log handler belongs to one ``main()`` call: the next call in the same process writes to
+    the ``sys.stderr`` current then, and nothing is left on the root logger."""
+    handlers = list(logging.getLogger().handlers)
+    for _ in range(2):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["extract"]) == 2  # sizes the threads (a log line), then refuses: no extract.list
+        assert "[threads] compute threads:" in err.getvalue(), err.getvalue()
+        assert "videomap extract: error: extract.list is not set" in err.getvalue()
+        assert logging.getLogger().handlers == handlers
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.helpers import real_video
 from videomap.data import (
     SYNTHETIC_CLASSES,
     BadDataError,
@@ -115,6 +116,24 @@ def test_seeking_skips_decoding_and_matches_sequential(media):
     assert torch.equal(a, b)
     assert [_read_index(f) for f in a] == far
     assert seek_count < 120  # two short runs from the key frames before 200 and 290
+
+
+def test_real_mp4_seeking_matches_sequential_decoding():
+    """A real camera encode (B-frames, a real GOP), not one of our own writes: seeking to far frames
+    gives exactly the frames sequential decoding reaches."""
+    path = real_video("bikes.mp4")
+    info = probe_video(path)
+    assert (info.num_frames, info.height, info.width) == (250, 272, 640)
+    far = [0, 7, 120, 121, 249, 60]
+    with open_video(path, seek_gap=8) as seeking:
+        a = seeking.get_frames(far)
+        decoded = seeking.frames_decoded
+    with open_video(path, seek_gap=10_000) as sequential:
+        b = sequential.get_frames(far)
+        assert sequential.frames_decoded >= 250
+    assert a.shape == (6, 272, 640, 3) and torch.equal(a, b)
+    assert decoded < 250
+    assert not torch.equal(a[2], a[4])  # the content moves
 
 
 def test_indices_are_clamped(media):
@@ -541,7 +560,7 @@ def test_bad_samples_are_skipped_and_reported_once(tmp_path, media, workers, cap
     summary = ds.bad_sample_summary()
     assert "6 unreadable" in summary and "too short" in summary and "zero-byte" in summary
     if workers == 0:  # worker processes log to their own copies of the handlers
-        warned = [r for r in caplog.records if r.name == "videomap.data"]
+        warned = [r for r in caplog.records if r.name == "videomap.data.dataset"]
         assert len(warned) == len(bad_idx)
         assert sorted(
             p for p in media["broken"].values() if any(p in r.getMessage() for r in warned)

@@ -10,12 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import tiny_model
+from tests.helpers import real_video, tiny_model
+from videomap import create_model
 from videomap.cli import main
 from videomap.config import load_config
+from videomap.data import center_crop, normalize, open_video, resize_short_side
 from videomap.data.annotations import read_video_paths
+from videomap.models import from_pretrained
 from videomap.tasks.common import build_model_from_checkpoint, resolve_checkpoint_model
-from videomap.tasks.extract import feature_paths, run_extract
+from videomap.tasks.extract import feature_paths, run_extract, video_features
 
 SMALL = dict(img_size=32, num_frames=4, embed_dim=32, depth=4, attn_every=2)
 
@@ -46,18 +49,73 @@ def test_extract_checkpoint_dir_without_config_builds_the_saved_model(tmp_path, 
     assert feats.shape == (1, 32) and torch.isfinite(feats).all()  # 8 frames / stride 2 = one 4-frame window
 
 
+def test_extract_a_real_mp4_in_windows(tmp_path, saved, capsys):
+    """250 frames of a real 640x272 encode, every 25th sampled: windows of 4 start at 0, 4 and 6."""
+    video = real_video("bikes.mp4")
+    (tmp_path / "list.txt").write_text(video + "\n")
+    out = tmp_path / "features"
+    rc = main(["extract", "--checkpoint", saved, f"extract.list={tmp_path / 'list.txt'}", f"extract.output_dir={out}",
+               "extract.frame_stride=25", "extract.window_stride=4"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["written"] == 1
+    (path,) = out.rglob("bikes.safetensors")
+    feats = load_file(str(path))["features"]
+    assert feats.shape == (3, 32) and torch.isfinite(feats).all()
+    assert not torch.allclose(feats[0], feats[2])  # different moments of the video
+
+
 @pytest.mark.parametrize("override, named", [
     ("model.name=videomamba_tiny", "videomamba_tiny"),
-    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim=48"),
+    ("model.overrides={embed_dim: 48, depth: 4, attn_every: 2}", "embed_dim is 48"),
 ])
 def test_extract_with_a_conflicting_model_is_an_error(tmp_path, videos, saved, capsys, override, named):
     out = tmp_path / "features"
     rc = main(["extract", "--checkpoint", saved, f"extract.list={videos}", f"extract.output_dir={out}", override])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("videomap extract: error: model.name/model.overrides conflict with the checkpoint")
-    assert named in err and "videomap_tiny" in err and "config.json" in err and len(err) < 600
+    progress, error = err[:err.find("videomap extract: error: ")], err[err.find("videomap extract: error: "):]
+    assert all(line.startswith("[") for line in progress.splitlines()), progress  # only log lines before it
+    assert error.startswith("videomap extract: error: model.name/model.overrides conflict with the checkpoint")
+    assert named in error and "videomap_tiny" in error and "config.json" in error and len(error) < 600
     assert not out.exists()
+
+
+def test_extract_layer_reads_a_chosen_block(tmp_path, videos, saved):
+    """Default: the final normalised output, as forward_features gives it. ``extract.layer=2`` on
+    the saved hybrid (blocks: 2 Mamba, attention, 2 Mamba, attention) is the output of a model cut
+    after its first attention block; ``extract.norm=false`` leaves out the final norm."""
+    video = read_video_paths(videos)[0]
+    name = os.path.splitext(os.path.basename(video))[0]
+
+    def extract(*over: str) -> torch.Tensor:
+        out = tmp_path / "_".join(over).replace("=", "") if over else tmp_path / "default"
+        run_extract(load_config(None, [f"extract.list={videos}", f"extract.output_dir={out}", *over]), saved)
+        return load_file(str(next(out.rglob(f"{name}.safetensors"))))["features"]
+
+    full = from_pretrained(saved, num_classes=0).eval()
+    reader = open_video(video)
+    try:
+        clip = reader.get_frames([0, 2, 4, 6]).permute(3, 0, 1, 2)  # 8 frames, stride 2: one 4-frame window
+        clip = normalize(center_crop(resize_short_side(clip, 32), 32))[None]
+        cut = create_model("videomap_tiny", num_classes=0, img_size=32, num_frames=4, embed_dim=32, depth=2,
+                           attn_every=2).eval()
+        cut.load_state_dict({k: v for k, v in full.state_dict().items() if k in cut.state_dict()})
+        expected_cut = video_features(cut, reader, num_frames=4, img_size=32, frame_stride=2, window_stride=None,
+                                      pool="cls", device=torch.device("cpu"))
+    finally:
+        reader.close()
+    with torch.no_grad():
+        expected = full.forward_features(clip)[:, 0]
+    default = extract()
+    assert torch.allclose(default, expected, atol=1e-6)
+    layer2 = extract("extract.layer=2")
+    assert torch.allclose(layer2, expected_cut, atol=1e-5) and not torch.allclose(layer2, default, atol=1e-3)
+    raw = extract("extract.layer=2", "extract.norm=false")
+    assert not torch.allclose(raw, layer2, atol=1e-3)
+    assert torch.allclose(extract("extract.layer=-4"), layer2)  # negative: counted from the end
+    with pytest.raises(ValueError, match=r"extract.layer: expected a block index in \[-6, 6\).*got 6"):
+        run_extract(load_config(None, [f"extract.list={videos}", f"extract.output_dir={tmp_path / 'bad'}",
+                                       "extract.layer=6"]), saved)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_matching_job_model_and_plain_weights_file(tmp_path, saved):

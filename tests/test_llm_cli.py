@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from tests.helpers import real_video
 from videomap.cli import main
 from videomap.config import load_config
 from videomap.engine import TrainConfig, Trainer, load_train_state
@@ -57,7 +58,7 @@ def setup(tmp_path_factory, synthetic_videos):
     enc_dir = encoder.save_pretrained(root / "encoder")
     job = {
         "task": "llm",
-        "llm": {"llm": lm, "video_encoder": "videomap_tiny", "video_checkpoint": str(enc_dir),
+        "llm": {"language_model": lm, "video_encoder": "videomap_tiny", "video_checkpoint": str(enc_dir),
                 "video_overrides": ENCODER, "num_frames": 4, "img_size": 32, "spatial_pool": 2, "max_length": 128},
         "train": {"batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.0, "num_workers": 0,
                   "log_every": 1, "tensorboard": False, "plot": False, "save_trainable_only": True},
@@ -199,13 +200,14 @@ def test_chat_answers_and_names_bad_arguments(setup, stage2, tmp_path, capsys):
     from videomap.llm.conversation import build_prompt
 
     final = str(stage2 / "final")
-    assert main(["chat", "--checkpoint", final, "--video", setup["clips"][0], "what happens in this video?",
+    video = real_video("carphone_pristine.mp4", fallback=setup["clips"][0])  # a real camera MP4 when installed
+    assert main(["chat", "--checkpoint", final, "--video", video, "what happens in this video?",
                  "--max-new-tokens", "6"]) == 0
     answer = capsys.readouterr().out.strip()
     # the same greedy answer as the Python API gives
     model = VideoLLM.from_pretrained(final)
     ids = build_prompt(model.tokenizer, "what happens in this video?", "video")[None]
-    new = model.generate(ids, videos=load_video(setup["clips"][0], 4, 32)[None], max_new_tokens=6)
+    new = model.generate(ids, videos=load_video(video, 4, 32)[None], max_new_tokens=6)
     assert answer == model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
     assert len(answer.split()) <= 6
     assert main(["chat", "--checkpoint", final, "what kind of motion is it?"]) == 0  # text only
@@ -248,7 +250,7 @@ def test_init_from_conflicts_are_named(setup, stage1, tmp_path, capsys):
     ("llm.lora={r: 8}", "lora applies to the instruct stage only"),
     ("llm.lora.rank=8", "unknown config key llm.lora.rank; valid keys in llm.lora: alpha, dropout, r, "
                         "target_modules"),
-    ("llm.spatial_pool=0", "spatial_pool must be >= 1"),
+    ("llm.spatial_pool=0", "spatial_pool: expected an integer >= 1, got 0"),
     ("llm.trainjson=x.json", "unknown config key llm.trainjson; valid keys in llm: .*train_json"),
 ])
 def test_llm_section_is_validated_when_loaded(override, message):
@@ -261,10 +263,11 @@ def test_llm_commands_check_the_job(setup, tmp_path, capsys):
     assert main(["llm-train", "--config", pre, f"train.output_dir={tmp_path}"]) == 2
     assert "videomap pretrain" in capsys.readouterr().err
     assert main(["llm-train", "task=llm", f"llm.train_json={setup['align']}", f"train.output_dir={tmp_path}"]) == 2
-    assert "llm.llm is not set" in capsys.readouterr().err
+    assert "llm.language_model is not set" in capsys.readouterr().err
     assert main(["llm-train", "--config", setup["job"], f"train.output_dir={tmp_path}"]) == 2
     assert "llm.train_json is not set" in capsys.readouterr().err
-    assert main(["llm-train", "--config", setup["job"], "llm.llm=/nonexistent/lm", f"llm.train_json={setup['align']}",
+    assert main(["llm-train", "--config", setup["job"], "llm.language_model=/nonexistent/lm",
+                 f"llm.train_json={setup['align']}",
                  f"train.output_dir={tmp_path}"]) == 2
     assert "/nonexistent/lm" in capsys.readouterr().err
 
@@ -282,7 +285,7 @@ def test_paper_configs_reproduce_videomap_llava():
     lora = _paper("videomap_llava_7b_instruct_lora.yaml")
     for cfg in (align, instruct, lora):
         s, t = cfg.llm, cfg.train
-        assert cfg.task == "llm" and s.video_encoder == "videomap_middle" and s.llm == "lmsys/vicuna-7b-v1.5"
+        assert cfg.task == "llm" and s.video_encoder == "videomap_middle" and s.language_model == "lmsys/vicuna-7b-v1.5"
         assert s.local_files_only and s.projector == "mlp2x_gelu" and s.feature_layer == -2
         assert (s.num_frames, s.img_size, s.spatial_pool, s.temporal_pool) == (8, 224, 1, 1)
         assert s.image_encoder == "videomap_base" and s.image_overrides["depth"] == 24

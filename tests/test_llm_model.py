@@ -44,7 +44,8 @@ def lm_dir(tmp_path_factory) -> str:
 
 
 def make_config(lm_dir: str, **kw) -> VideoLLMConfig:
-    return VideoLLMConfig(**{"llm": lm_dir, "video_encoder": "videomap_tiny", "video_overrides": TINY, **CLIP, **kw})
+    return VideoLLMConfig(**{"language_model": lm_dir, "video_encoder": "videomap_tiny", "video_overrides": TINY,
+                             **CLIP, **kw})
 
 
 @pytest.fixture
@@ -127,8 +128,8 @@ def test_config_errors_name_the_argument(lm_dir):
         make_config(lm_dir, projector="qformer")
     with pytest.raises(ValueError, match=r"spatial_pool: expected an integer >= 1, got 0"):
         make_config(lm_dir, spatial_pool=0)
-    with pytest.raises(ValueError, match=r"unknown VideoLLMConfig key\(s\) frames; valid: llm, "):
-        VideoLLMConfig.from_dict({"llm": lm_dir, "frames": 8})
+    with pytest.raises(ValueError, match=r"unknown VideoLLMConfig key\(s\) frames; valid: language_model, "):
+        VideoLLMConfig.from_dict({"language_model": lm_dir, "frames": 8})
     cfg = make_config(lm_dir)
     assert VideoLLMConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -532,9 +533,9 @@ def test_save_and_load_round_trip(lm_dir, tmp_path, stage):
     kw = dict(max_new_tokens=3, min_new_tokens=3)
     assert torch.equal(loaded.generate(prompt, **media, **kw), model.generate(prompt, **media, **kw))
     if stage == "instruct":
-        assert loaded.config.llm == str(out / "llm")
+        assert loaded.config.language_model == str(out / "llm")
     else:
-        assert loaded.config.llm == os.path.abspath(lm_dir)
+        assert loaded.config.language_model == os.path.abspath(lm_dir)
     with pytest.raises(FileNotFoundError, match="no videomap_llm.json"):
         VideoLLM.from_pretrained(tmp_path)
 
@@ -544,15 +545,15 @@ def test_encoder_round_trip_through_transformers_auto_classes(backbone, tmp_path
     from transformers import AutoConfig, AutoModel
 
     from videomap.llm import register_with_transformers
-    from videomap.llm.hf import VideoMAPEncoderModel
+    from videomap.models.hf import VideoMAPModel
 
     register_with_transformers()
     register_with_transformers()  # idempotent
-    VideoMAPEncoderModel.from_backbone(backbone).save_pretrained(tmp_path / "enc")
+    VideoMAPModel.from_backbone(backbone).save_pretrained(tmp_path / "enc")
     config = AutoConfig.from_pretrained(tmp_path / "enc")
-    assert config.model_type == "videomap_encoder" and config.hidden_size == 32 and config.num_frames == 4
+    assert config.model_type == "videomap" and config.hidden_size == 32 and config.num_frames == 4
     loaded = AutoModel.from_pretrained(tmp_path / "enc").eval()
-    assert isinstance(loaded, VideoMAPEncoderModel)
+    assert isinstance(loaded, VideoMAPModel)
     video = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         expected = backbone.forward_features(video)

@@ -38,6 +38,22 @@ def test_registry():
     assert videomap.create_model is create_model
 
 
+def test_registry_names_the_hybrid_class():
+    """``videomap_*`` builds a VideoHybrid (still a VideoMamba, so its checkpoints and checks
+    apply); ``videomamba_*`` builds the pure-Mamba class, which has no Transformer blocks."""
+    from videomap.models import VideoHybrid, VideoMamba
+
+    with torch.device("meta"):
+        for name in list_models():
+            m = create_model(name)
+            assert isinstance(m, VideoHybrid) == name.startswith("videomap_"), name
+            assert isinstance(m, VideoMamba) == name.startswith(("videomap_", "videomamba_")), name
+            if isinstance(m, VideoMamba):
+                assert (len(m.attn_layers) > 0) == isinstance(m, VideoHybrid), name
+        with pytest.raises(ValueError, match="attn_every"):
+            VideoHybrid(depth=4, embed_dim=32, attn_every=0)
+
+
 PAPER_PARAMS = {  # (millions, relative tolerance)
     "videomamba_tiny": (7, 0.02), "videomamba_small": (26, 0.02), "videomamba_middle": (74, 0.02),
     "videomap_middle": (96, 0.03), "videomap_base": (171, 0.03), "videomap_large": (301, 0.03),

@@ -309,6 +309,28 @@ def test_backend_reporting_and_log(caplog):
     assert selective_scan_backend("cuda") in ("cuda-mamba_ssm", "torch")
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_reported_and_logged_backend_is_what_the_operator_runs(dtype, monkeypatch, caplog):
+    """selective_scan_backend, the log line of a call and the operator answer one question: fp16 /
+    bf16 sequences reach the operator as fp32 (or bf16 for inference), so they take the kernel."""
+    from videomap.ops import scan as scan_mod
+    from videomap.ops import scan_op
+
+    ran = []
+    real = scan_op.op_backend
+    monkeypatch.setattr(scan_op, "op_backend", lambda u, nstate: ran.append(real(u, nstate)) or ran[-1])
+    monkeypatch.setattr(scan_mod, "_logged", set())
+    inputs = case_inputs("L37-nochunk-multiple")
+    inputs = {k: (v.to(dtype) if k in ("u", "delta", "z") else v) for k, v in inputs.items()}
+    with caplog.at_level(logging.INFO, logger="videomap.ops"):
+        selective_scan(**inputs)
+    expected = "torch" if dtype == torch.float64 else "cpu-kernel"
+    assert selective_scan_backend(inputs["u"]) == expected and ran == [expected]
+    assert [r.getMessage().split(" -- ")[0] for r in caplog.records] == [f"selective_scan backend: {expected}"]
+    assert real(inputs["u"].contiguous(), 16) == ("cpu-kernel" if dtype in (torch.float32, torch.bfloat16) else "torch")
+
+
 def test_kernel_unavailable_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(cpu_build, "_cached", None)
     monkeypatch.setattr(cpu_build, "_error", None)

@@ -1,16 +1,17 @@
-"""CPU thread policy: thread counts from the affinity mask and workers; the CLI sets the OpenMP
-wait policy before torch (and with it the OpenMP runtime) is loaded."""
+"""CPU thread policy: thread counts from the affinity mask and workers; the OpenMP wait policy is
+chosen (by the CLI and the benchmarks) before torch, and with it the OpenMP runtime, is loaded."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from videomap.engine import threads
+from videomap import threads
 
 
 @pytest.fixture
@@ -46,17 +47,29 @@ def test_cli_imports_no_torch_before_choosing_the_wait_policy():
     assert out.returncode == 0, out.stderr
 
 
-def test_wait_policy_is_passive_only_next_to_busy_cpus(monkeypatch):
-    from videomap import cli
+def test_thread_policy_module_imports_no_torch():
+    """The wait policy must be set before torch loads OpenMP, so its module may not import torch
+    (``videomap.engine`` does, which is why the module is not in that package)."""
+    code = ("import sys; import videomap.threads as t; assert 'torch' not in sys.modules, sorted(sys.modules); "
+            "t.set_wait_policy(); t.default_threads(0); assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
 
+
+def test_benchmarks_do_not_import_the_cli():
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    assert not [p.name for p in sorted(bench.glob("*.py")) if "videomap.cli" in p.read_text(encoding="utf-8")]
+
+
+def test_wait_policy_is_passive_only_next_to_busy_cpus(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(cli, "busy_cpus", lambda interval=0.2: 0.1)
-    assert cli.set_wait_policy() == "default" and "OMP_WAIT_POLICY" not in os.environ
-    monkeypatch.setattr(cli, "busy_cpus", lambda interval=0.2: 1.0)
-    assert cli.set_wait_policy() == "PASSIVE"
+    monkeypatch.setattr(threads, "busy_cpus", lambda interval=0.2: 0.1)
+    assert threads.set_wait_policy() == "default" and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(threads, "busy_cpus", lambda interval=0.2: 1.0)
+    assert threads.set_wait_policy() == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a value the user exported wins
-    assert cli.set_wait_policy() == "ACTIVE"
-    assert 0.0 <= cli.busy_cpus(0.05) <= (os.cpu_count() or 1)
+    assert threads.set_wait_policy() == "ACTIVE"
+    assert 0.0 <= threads.busy_cpus(0.05) <= (os.cpu_count() or 1)
 
 
 def test_train_threads_is_validated():

@@ -264,7 +264,7 @@ def test_vl_section_is_validated_when_the_job_is_loaded(setup, tmp_path, capsys)
         load_config(None, ["vl.video_mask_type=tubes"])
     with pytest.raises(ValueError, match=r"vl.train_data\[0\]: file: expected the caption JSON"):
         load_config(None, ["vl.train_data=[{media_root: x}]"])
-    with pytest.raises(ValueError, match="video_mask_ratio must be in"):
+    with pytest.raises(ValueError, match=r"video_mask_ratio: expected 0 <= ratio < 1, got 1.0"):
         load_config(None, ["vl.video_mask_ratio=1.0"])
     with pytest.raises(ValueError, match="rerank_k must be >= 0"):
         load_config(None, ["vl.rerank_k=-1"])
@@ -396,8 +396,8 @@ def test_paper_pretraining_runs_a_step_on_mixed_images_and_videos(mixed_data):
 def test_caption_batches_keep_one_kind_per_batch(mixed_data):
     """Mixed corpora: every batch is all images or all videos, each sample at most once per epoch,
     the same batches for the same (seed, epoch)."""
-    from videomap.tasks.vl import CaptionBatches, CaptionMix
     from videomap.vl import VideoCaptionDataset
+    from videomap.vl.data import CaptionBatches, CaptionMix
     from videomap.vl.tiny import build_wordpiece_vocab
 
     tok_dir = build_wordpiece_vocab(vocabulary_texts(), mixed_data["root"] / "tok_batches")

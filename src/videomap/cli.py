@@ -12,7 +12,13 @@ import json
 import logging
 import os
 import sys
-import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .threads import configure_threads, set_wait_policy
+
+if TYPE_CHECKING:
+    from .config import JobConfig
 
 LLM_COMMANDS = ("llm-train", "llm-eval", "chat")
 VL_COMMANDS = ("vl-train", "retrieval-eval", "search")
@@ -26,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("finetune", "supervised fine-tuning with evaluation"),
                             ("evaluate", "multi-view evaluation of a checkpoint"),
                             ("extract", "per-video features with sliding windows"),
-                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file, checked against PyTorch"),
+                            ("export", "a checkpoint as a torch.export (.pt2) or ONNX file or a transformers "
+                             "directory (hf), checked against PyTorch"),
                             ("llm-train", "train a Video-LLM stage (llm.stage: align | instruct), see docs/llm.md"),
                             ("llm-eval", "video QA accuracy of a trained Video-LLM (open-ended or multiple choice)"),
                             ("vl-train", "video-text pre-training (VTC, VTM, MLM, UTA), see docs/retrieval.md"),
@@ -36,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML job file (see configs/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         if name == "export":
-            p.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
-            p.add_argument("--out", help="output file (default: model.<format> beside the checkpoint)")
+            p.add_argument("--format", choices=("pt2", "onnx", "hf"), default="pt2")
+            p.add_argument("--out", help="output file, or directory for hf (default: model.<format> or hf/ beside "
+                           "the checkpoint)")
+            p.add_argument("--labels", help="hf: text file with the class names, one per line (default LABEL_i)")
         if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")
@@ -52,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     media = c.add_mutually_exclusive_group()
     media.add_argument("--video", help="video file (or frame folder) the question is about")
     media.add_argument("--image", help="image file the question is about")
-    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--max-new-tokens", type=int,
+                   help="answer length limit in tokens (default: the Video-LLM's own limit)")
     c.add_argument("--llm-dtype", choices=("float32", "bfloat16", "float16"),
                    help="load the LM in this precision (default: as saved)")
     c.add_argument("question", help='e.g. "What happens in this video?"')
@@ -95,16 +105,19 @@ class _Formatter(logging.Formatter):
         return msg if msg.startswith("[") else f"[{component}] {msg}"
 
 
-def _setup_logging() -> None:
-    """The library only logs; the command decides what is shown: videomap at INFO, others at WARNING."""
+def _setup_logging() -> logging.Handler:
+    """The library only logs; the command decides what is shown: videomap at INFO, others at WARNING.
+
+    Returns the handler it put on the root logger, which :func:`main` removes again when it
+    returns: a second ``main()`` in the same process (tests, notebooks) must not write to the
+    first call's ``sys.stderr``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger()
-    if not any(getattr(h, "_videomap", False) for h in root.handlers):
-        handler._videomap = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("videomap").setLevel(logging.INFO)
+    return handler
 
 
 def _quiet_transformers() -> None:
@@ -117,139 +130,166 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def busy_cpus(interval: float = 0.2) -> float:
-    """How many CPUs other work keeps busy right now (from /proc/stat over ``interval``); 0 where
-    that cannot be read. Reads no torch, so it can run before OpenMP is loaded."""
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
+# ---------------------------------------------------------------------------------- commands
+# Each handler takes the parsed arguments and returns the exit status. Imports stay inside them:
+# the wait policy is chosen before anything loads torch.
 
-    try:
-        total0, idle0 = snapshot()
-        time.sleep(interval)
-        total1, idle1 = snapshot()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return (1.0 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+def _models(args: argparse.Namespace) -> int:
+    import torch
 
+    from .models import create_model, list_models
 
-def set_wait_policy() -> str:
-    """Pick OpenMP's wait policy before torch loads it (it is read once, at start-up).
-
-    Spinning threads are fastest on an idle machine but collapse next to a busy neighbour
-    (docs/performance.md measures both), so: ``PASSIVE`` when other work already keeps at least
-    half a CPU busy, the runtime's default otherwise. A value the user exported wins. A neighbour
-    that starts later is not seen (see videomap/engine/threads.py)."""
-    if "OMP_WAIT_POLICY" not in os.environ and busy_cpus() >= 0.5:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return os.environ.get("OMP_WAIT_POLICY", "default")
+    for name in list_models():
+        with torch.device("meta"):
+            m = create_model(name)
+        print(f"{name:<20} {sum(p.numel() for p in m.parameters()) / 1e6:7.1f}M params (400 classes, 224px)")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    set_wait_policy()
-    args = _parser().parse_args(argv)
-    _setup_logging()
-    if args.command in LLM_COMMANDS + VL_COMMANDS or getattr(args, "llm", False) or getattr(args, "vl", False):
-        _quiet_transformers()
-    try:
-        if args.command == "models":
-            import torch
+def _demo(args: argparse.Namespace) -> int:
+    configure_threads(num_workers=0)  # the demo loads its clips in the main process
+    if args.llm and args.vl:
+        raise ValueError("--llm and --vl: choose one toy model")
+    if args.vl:
+        from .tasks.vl_demo import run_vl_demo
 
-            from .models import create_model, list_models
+        run_vl_demo(args.out or ("runs/vl-demo-quick" if args.quick else "runs/vl-demo"), quick=args.quick,
+                    seed=args.seed, demo_dir=args.demo_dir)
+        return 0
+    if args.llm:
+        from .tasks.llm_demo import run_llm_demo
 
-            for name in list_models():
-                with torch.device("meta"):
-                    m = create_model(name)
-                print(f"{name:<20} {sum(p.numel() for p in m.parameters()) / 1e6:7.1f}M params (400 classes, 224px)")
-            return 0
-        if args.command == "demo":
-            from .engine.threads import configure_threads
+        run_llm_demo(args.out or ("runs/llm-demo-quick" if args.quick else "runs/llm-demo"), quick=args.quick,
+                     seed=args.seed, demo_dir=args.demo_dir)
+        return 0
+    if args.demo_dir:
+        raise ValueError("--demo-dir: only used with --llm or --vl (the main demo writes to --out)")
+    from .tasks.demo import run_demo
 
-            configure_threads(num_workers=0)  # the demo loads its clips in the main process
-            if args.llm and args.vl:
-                raise ValueError("--llm and --vl: choose one toy model")
-            if args.vl:
-                from .tasks.vl_demo import run_vl_demo
+    run_demo(args.out or ("runs/demo-quick" if args.quick else "runs/demo"), quick=args.quick, seed=args.seed)
+    return 0
 
-                run_vl_demo(args.out or ("runs/vl-demo-quick" if args.quick else "runs/vl-demo"), quick=args.quick,
-                            seed=args.seed, demo_dir=args.demo_dir)
-                return 0
-            if args.llm:
-                from .tasks.llm_demo import run_llm_demo
 
-                run_llm_demo(args.out or ("runs/llm-demo-quick" if args.quick else "runs/llm-demo"), quick=args.quick,
-                             seed=args.seed, demo_dir=args.demo_dir)
-                return 0
-            if args.demo_dir:
-                raise ValueError("--demo-dir: only used with --llm or --vl (the main demo writes to --out)")
-            from .tasks.demo import run_demo
+def _search(args: argparse.Namespace) -> int:
+    from .tasks.vl import format_search, run_search
 
-            run_demo(args.out or ("runs/demo-quick" if args.quick else "runs/demo"), quick=args.quick, seed=args.seed)
-            return 0
-        if args.command == "search":
-            from .engine.threads import configure_threads
-            from .tasks.vl import format_search, run_search
+    configure_threads(num_workers=0)
+    print(format_search(run_search(args.index, query=args.query, videos=args.videos, checkpoint=args.checkpoint,
+                                   k=args.k, batch_size=args.batch_size, rebuild=args.rebuild)))
+    return 0
 
-            configure_threads(num_workers=0)
-            print(format_search(run_search(args.index, query=args.query, videos=args.videos,
-                                           checkpoint=args.checkpoint, k=args.k, batch_size=args.batch_size,
-                                           rebuild=args.rebuild)))
-            return 0
-        if args.command == "chat":
-            from .engine.threads import configure_threads
-            from .tasks.llm import run_chat
 
-            configure_threads(num_workers=0)
-            print(run_chat(args.checkpoint, args.question, video=args.video, image=args.image,
-                           max_new_tokens=args.max_new_tokens, llm_dtype=args.llm_dtype))
-            return 0
+def _chat(args: argparse.Namespace) -> int:
+    from .tasks.llm import run_chat
+
+    configure_threads(num_workers=0)
+    print(run_chat(args.checkpoint, args.question, video=args.video, image=args.image,
+                   llm_dtype=args.llm_dtype,
+                   **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})))
+    return 0
+
+
+# Job commands: a job file plus overrides, then one runner. A runner's result, when it has one,
+# is printed as JSON.
+
+def _pretrain(cfg: JobConfig, args: argparse.Namespace) -> None:
+    from .tasks.pretrain import run_pretrain
+
+    run_pretrain(cfg)
+
+
+def _finetune(cfg: JobConfig, args: argparse.Namespace) -> None:
+    from .tasks.finetune import run_finetune
+
+    run_finetune(cfg)
+
+
+def _evaluate(cfg: JobConfig, args: argparse.Namespace) -> dict:
+    from .tasks.finetune import run_evaluate
+
+    return run_evaluate(cfg, args.checkpoint)
+
+
+def _extract(cfg: JobConfig, args: argparse.Namespace) -> dict:
+    from .tasks.extract import run_extract
+
+    return run_extract(cfg, args.checkpoint)
+
+
+def _export(cfg: JobConfig, args: argparse.Namespace) -> dict:
+    from .tasks.export import run_export
+
+    return run_export(cfg, args.checkpoint, args.format, args.out, labels=args.labels)
+
+
+def _llm_train(cfg: JobConfig, args: argparse.Namespace) -> None:
+    from .tasks.llm import run_llm_train
+
+    run_llm_train(cfg)
+
+
+def _llm_eval(cfg: JobConfig, args: argparse.Namespace) -> dict:
+    from .tasks.llm import run_llm_eval
+
+    return run_llm_eval(cfg, args.checkpoint)
+
+
+def _vl_train(cfg: JobConfig, args: argparse.Namespace) -> None:
+    from .tasks.vl import run_vl_train
+
+    run_vl_train(cfg)
+
+
+def _retrieval_eval(cfg: JobConfig, args: argparse.Namespace) -> dict:
+    from .tasks.vl import run_retrieval_eval
+
+    return run_retrieval_eval(cfg, args.checkpoint)
+
+
+def _job(runner: Callable[[JobConfig, argparse.Namespace], dict | None]) -> Callable[[argparse.Namespace], int]:
+    """A job command: load the job file for this command, size the threads, run, print the result."""
+    def handler(args: argparse.Namespace) -> int:
         from .config import load_config
 
         overrides = list(args.overrides)
         if getattr(args, "resume", False):
             overrides.append("train.resume=true")
         cfg = load_config(args.config, overrides, command=args.command)
-        from .engine.threads import configure_threads
-
         configure_threads(cfg.train.num_workers, cfg.train.threads)
-        if args.command == "pretrain":
-            from .tasks.pretrain import run_pretrain
-
-            run_pretrain(cfg)
-        elif args.command == "finetune":
-            from .tasks.finetune import run_finetune
-
-            run_finetune(cfg)
-        elif args.command == "evaluate":
-            from .tasks.finetune import run_evaluate
-
-            print(json.dumps(run_evaluate(cfg, args.checkpoint), indent=1))
-        elif args.command == "extract":
-            from .tasks.extract import run_extract
-
-            print(json.dumps(run_extract(cfg, args.checkpoint), indent=1))
-        elif args.command == "export":
-            from .tasks.export import run_export
-
-            print(json.dumps(run_export(cfg, args.checkpoint, args.format, args.out), indent=1))
-        elif args.command == "llm-train":
-            from .tasks.llm import run_llm_train
-
-            run_llm_train(cfg)
-        elif args.command == "llm-eval":
-            from .tasks.llm import run_llm_eval
-
-            print(json.dumps(run_llm_eval(cfg, args.checkpoint), indent=1))
-        elif args.command == "vl-train":
-            from .tasks.vl import run_vl_train
-
-            run_vl_train(cfg)
-        elif args.command == "retrieval-eval":
-            from .tasks.vl import run_retrieval_eval
-
-            print(json.dumps(run_retrieval_eval(cfg, args.checkpoint), indent=1))
+        result = runner(cfg, args)
+        if result is not None:
+            print(json.dumps(result, indent=1))
         return 0
+
+    return handler
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pretrain": _job(_pretrain),
+    "finetune": _job(_finetune),
+    "evaluate": _job(_evaluate),
+    "extract": _job(_extract),
+    "export": _job(_export),
+    "llm-train": _job(_llm_train),
+    "llm-eval": _job(_llm_eval),
+    "chat": _chat,
+    "vl-train": _job(_vl_train),
+    "retrieval-eval": _job(_retrieval_eval),
+    "search": _search,
+    "demo": _demo,
+    "models": _models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_wait_policy()
+    args = _parser().parse_args(argv)
+    handler = _setup_logging()
+    if (args.command in LLM_COMMANDS + VL_COMMANDS or getattr(args, "llm", False) or getattr(args, "vl", False)
+            or getattr(args, "format", None) == "hf"):
+        _quiet_transformers()
+    try:
+        return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("VIDEOMAP_DEBUG"):
             raise
@@ -261,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"videomap {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,14 @@ from .data.sampling import Sampling
 from .engine import TrainConfig, scale_lr
 from .engine.distributed import steps_per_epoch
 from .finetune.distill import DistillLoss, DistillTarget
-from .llm.projector import check_projector_name
+from .llm.model import LoraOptions, Stage, VideoLLMConfig
+from .llm.qa import EVAL_MAX_NEW_TOKENS
+from .llm.qa_readers import QAFormat
 from .pretrain.masking import MaskType
 from .pretrain.model import AlignStudent
 from .pretrain.objectives import DEFAULT_LOSS_ON, LossOn, Objective, TargetNorm
 from .pretrain.teachers import ClipTarget, TeacherKind
+from .vl.model import VideoTextConfig
 
 Task = Literal["pretrain", "finetune", "evaluate", "extract", "llm", "vl"]
 # the job file's ``task`` each command accepts (evaluate/extract read fine-tuning job files; one
@@ -136,60 +139,27 @@ class ExtractSection:
     frame_stride: int = 2  # frames skipped between sampled frames inside a window
     window_stride: int | None = None  # sampled frames between window starts (default: num_frames, no overlap)
     pool: Literal["cls", "mean"] = "cls"  # mean: of the patch tokens
-
-
-LlmStage = Literal["align", "instruct"]
-LlmDtype = Literal["float32", "bfloat16", "float16"]
-QAFormat = Literal["msrvtt_qa", "activitynet_qa", "tgif_qa", "multiple_choice"]
+    layer: int = -1  # block whose output is read, in execution order (hybrids: attention blocks too); -1: last
+    norm: bool = True  # pass that output through the model's final norm (-1 with norm: forward_features)
 
 
 @dataclass
-class LoraSection:
-    """LoRA adapters on the language model in the instruct stage (``peft``); LLaVA-1.5's values."""
-
-    r: int = 128
-    alpha: int = 256
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: every Linear layer of the LM (LLaVA's choice)
-
-    def __post_init__(self) -> None:
-        if self.r < 1 or self.alpha < 1:
-            raise ValueError(f"r and alpha must be >= 1, got r={self.r}, alpha={self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
-class LlmSection:
+class LlmSection(VideoLLMConfig):
     """A Video-LLM job (``videomap llm-train`` / ``llm-eval``).
 
-    The first block mirrors :class:`videomap.llm.VideoLLMConfig` (how the model is built); the
-    rest says what a stage trains and on which data. ``init_from`` is the ``final/`` directory of
-    the previous stage (stage 2 starts from stage 1's projector); when it is set the model is
-    restored from there and the first block only overrides what the job gives explicitly.
+    The model keys are those of :class:`videomap.llm.VideoLLMConfig`, which this section extends: a
+    field added there is a job key here, checked by the model's own rules. The fields below say what
+    a stage trains and on which data. ``init_from`` is the ``final/`` directory of the previous stage
+    (stage 2 starts from stage 1's projector); the model is then restored from there, and of the
+    model keys the job gives only the model's runtime fields may differ from the saved ones
+    (:func:`videomap.tasks.common.restore_config`).
     """
 
-    llm: str | None = None  # AutoModelForCausalLM directory or hub id
-    tokenizer: str | None = None  # default: llm
-    local_files_only: bool = True  # never download unless the job says so
-    llm_dtype: LlmDtype = "float32"
-    video_encoder: str = "videomap_middle"
-    video_checkpoint: str | None = None
-    video_overrides: dict[str, Any] = field(default_factory=dict)
-    image_encoder: str | None = None  # None: images go through the video encoder at T=1
-    image_checkpoint: str | None = None
-    image_overrides: dict[str, Any] = field(default_factory=dict)
-    num_frames: int = 8
-    img_size: int = 224
-    feature_layer: int = -1
-    use_cls: bool = False
-    spatial_pool: int = 1
-    temporal_pool: int = 1
-    projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" or any "mlp<N>x_gelu"
+    language_model: str | None = None  # may be left to init_from
 
-    stage: LlmStage = "align"  # align: projector only; instruct: projector + LM (full or LoRA)
+    stage: Stage = "align"  # align: projector only; instruct: projector + LM (full or LoRA)
     init_from: str | None = None  # a previous stage's saved VideoLLM directory
-    lora: LoraSection | None = None  # instruct stage only
+    lora: LoraOptions | None = None  # instruct stage only (the model's own LoRA options)
     train_encoder: bool = False
     llm_gradient_checkpointing: bool = False
     train_json: str | None = None  # LLaVA / Video-ChatGPT style conversations
@@ -203,12 +173,12 @@ class LlmSection:
     eval_batch_size: int = 8
     eval_answer_prompt: str | None = None  # appended to each question, e.g. "Answer in one word."
     eval_length_normalize: bool = False  # multiple choice: mean instead of summed log-likelihood
-    max_new_tokens: int = 32
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS
     max_eval_samples: int | None = None  # evaluate only the first N questions (smoke runs)
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "img_size", "spatial_pool", "temporal_pool", "eval_batch_size",
-                     "max_new_tokens"):
+        self.validate(require_language_model=False)
+        for name in ("eval_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_length is not None and self.max_length < 8:
@@ -217,10 +187,13 @@ class LlmSection:
             raise ValueError(f"max_eval_samples must be >= 1 or null, got {self.max_eval_samples}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        check_projector_name(self.projector)
         if self.lora is not None and self.stage != "instruct":
             raise ValueError("lora applies to the instruct stage only (align trains the projector); "
                              "set llm.stage=instruct or llm.lora=null")
+
+    def model_config(self) -> VideoLLMConfig:
+        """The model keys as the model's own config (the language model must be set by now)."""
+        return VideoLLMConfig.from_dict(self.to_dict())
 
 
 CaptionMediaType = Literal["auto", "video", "image"]
@@ -240,45 +213,18 @@ class CaptionCorpus:
 
 
 @dataclass
-class VlSection:
+class VlSection(VideoTextConfig):
     """A video-text job (``videomap vl-train`` / ``retrieval-eval``).
 
-    The first block mirrors :class:`videomap.vl.VideoTextConfig` (how the model is built, the loss
-    weights and masks); the rest says what to train on and how to evaluate. ``init_from`` is a
-    saved model (``final/`` of a previous run): the model is then restored from there and the
-    first block only changes what the job gives explicitly (docs/retrieval.md lists which keys
-    may differ from the saved model).
+    The model keys are those of :class:`videomap.vl.VideoTextConfig` (how the model is built, the
+    loss weights and masks), which this section extends: a field added there is a job key here,
+    checked by the model's own rules. The fields below say what to train on and how to evaluate.
+    ``init_from`` is a saved model (``final/`` of a previous run): the model is then restored from
+    there, and of the model keys the job gives only the model's runtime fields may differ from the
+    saved ones (:func:`videomap.tasks.common.restore_config`; docs/retrieval.md lists them).
     """
 
-    text_encoder: str | None = None  # BERT-class masked LM: a local directory or hub id
-    tokenizer: str | None = None  # default: text_encoder
-    local_files_only: bool = True  # never download unless the job says so
-    video_encoder: str = "videomamba_middle"
-    video_checkpoint: str | None = None
-    video_overrides: dict[str, Any] = field(default_factory=dict)
-    num_frames: int = 8
-    img_size: int = 224
-    embed_dim: int = 512
-    temp_init: float = 0.07
-    fusion_layers: int = 3  # the text encoder's last layers that cross-attend to the video
-    max_text_len: int = 32
-    vtc: float = 1.0  # loss weights; 0 turns a loss off
-    vtm: float = 1.0
-    mlm: float = 1.0
-    uta: float = 1.0
-    mlm_prob: float = 0.5
-    vtm_hard_negatives: bool = True
-    video_mask_type: MaskType = "attention"
-    video_mask_ratio: float = 0.8
-    image_mask_type: MaskType = "attention"
-    image_mask_ratio: float = 0.5
-    uta_teacher: str = "pixel"  # "pixel", "pixel_motion", "none" or a CLIP directory / hub id
-    uta_clip_target: ClipTarget = "videomamba"
-    eval_geometry: Literal["full", "center_crop"] = "full"  # test frames resized whole, or centre-cropped
-    vtc_gather: Literal["full", "released"] = "full"  # VTC gradient across processes (VideoTextConfig)
-    uta_student: Literal["output", "pre_last_block"] = "output"  # which student tokens UTA aligns
-    keep_temporal: bool = False  # per-frame embeddings, similarities averaged (unmasked phase, evaluation)
-    image_temporal_pos: bool = True  # temporal position embedding on images
+    text_encoder: str | None = None  # may be left to init_from
 
     init_from: str | None = None  # a saved VideoTextModel directory to start from
     masked: bool = True  # false: every token enters the encoder (the final unmasked tuning phase)
@@ -294,28 +240,19 @@ class VlSection:
     eval_batch_size: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "img_size", "embed_dim", "fusion_layers", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_text_len < 2:
-            raise ValueError(f"max_text_len must be >= 2 ([CLS] and [SEP]), got {self.max_text_len}")
+        self.validate(require_text_encoder=False)
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.rerank_k < 0:
             raise ValueError(f"rerank_k must be >= 0 (0: no re-ranking), got {self.rerank_k}")
-        weights = {name: getattr(self, name) for name in ("vtc", "vtm", "mlm", "uta")}
-        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise ValueError(f"loss weights vtc/vtm/mlm/uta must be >= 0 with at least one > 0, got {weights}")
-        if not 0.0 < self.mlm_prob < 1.0:
-            raise ValueError(f"mlm_prob must be in (0, 1), got {self.mlm_prob}")
-        for kind in ("video", "image"):
-            ratio = getattr(self, f"{kind}_mask_ratio")
-            if not 0.0 <= ratio < 1.0:
-                raise ValueError(f"{kind}_mask_ratio must be in [0, 1), got {ratio}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ValueError(f"crop_scale must be 0 < min <= max <= 1, got {list(self.crop_scale)}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if not self.uta_teacher:
-            raise ValueError("uta_teacher: expected 'pixel', 'pixel_motion', 'none' or a CLIP directory / hub id")
+
+    def model_config(self) -> VideoTextConfig:
+        """The model keys as the model's own config (the text encoder must be set by now)."""
+        return VideoTextConfig.from_dict(self.to_dict())
 
 
 @dataclass
@@ -445,7 +382,11 @@ def _build(cls, data: dict[str, Any] | None, where: str):
     names = _fields(cls)
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    renamed = getattr(cls, "LEGACY_KEYS", {})
     for key, value in data.items():
+        if key in renamed and key not in names:
+            raise ValueError(f"{_where(where, key)} was renamed to {_where(where, renamed[key])} (same meaning); "
+                             "update the job file")
         if key not in names:
             raise ValueError(f"unknown config key {_where(where, key)}; valid keys"
                              f"{' in ' + where if where else ''}: {', '.join(sorted(names))}")

@@ -196,9 +196,3 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         tensors[name] = tensors[target]
     return tensors
 
-
-def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})

@@ -13,7 +13,7 @@ Bad inputs
     process holds its own copy of the dataset, so bad samples are recorded in a small **file-based
     registry** (a temporary directory created by the main process and inherited by every worker):
     one file per bad index, created atomically, so each bad sample is counted and logged (warning
-    on ``logging.getLogger("videomap.data")``) exactly once across all workers and epochs, and
+    on the ``videomap.data.dataset`` logger) exactly once across all workers and epochs, and
     :meth:`VideoClsDataset.bad_samples` in the main process sees what every worker found. When
     more than ``max_bad_fraction`` of the list is bad the loader raises :class:`BadDataError` naming
     the list file, the count and the threshold. For several ranks, pass the same
@@ -60,7 +60,7 @@ __all__ = [
     "format_bad_samples",
 ]
 
-logger = logging.getLogger("videomap.data")
+logger = logging.getLogger(__name__)
 
 
 class BadDataError(RuntimeError):

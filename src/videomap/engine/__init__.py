@@ -1,4 +1,6 @@
-"""Training engine shared by pre-training, fine-tuning and distillation.
+"""Training engine shared by pre-training, fine-tuning, distillation and the Video-LLM / video-text
+jobs (the CPU thread policy is :mod:`videomap.threads`, outside this package because it must not
+import torch).
 
 ``Trainer(model, loss_fn, dataset, TrainConfig(...)).fit()`` runs the loop with AdamW
 (no-decay groups, optional layer-wise lr decay), warm-up + cosine schedule, gradient

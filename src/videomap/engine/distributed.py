@@ -65,6 +65,39 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device a command runs on: ``"auto"`` (or None) is :func:`default_device`, anything else
+    is taken as a ``torch.device`` name, so every command reads a ``--device`` / ``train.device``
+    the same way."""
+    if device is None or device == "auto":
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'auto' or a torch device such as cpu / cuda:0, got {device!r}") from e
+
+
+def module_device(model: Any) -> torch.device:
+    """Where a model's weights live: its ``device`` attribute when it has one, else its first
+    parameter's, else the CPU (a parameter-free callable); inputs are moved there."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def module_dtype(model: Any) -> torch.dtype:
+    """The dtype of a model's first floating-point parameter (float32 when it has none): the dtype
+    its inputs are cast to outside autocast."""
+    try:
+        return next(p.dtype for p in model.parameters() if p.is_floating_point())
+    except (AttributeError, StopIteration, TypeError):
+        return torch.float32
+
+
 def init_distributed(mode: str = "auto", timeout_s: float = 1800.0) -> str:
     """Create the process group when launched by torchrun and resolve ``mode``.
 

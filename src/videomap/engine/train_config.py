@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     num_workers: int = 0
-    threads: int | None = None  # compute threads; None: available CPUs - workers (engine/threads.py)
+    threads: int | None = None  # compute threads; None: available CPUs - workers (videomap/threads.py)
     max_steps: int | None = None
     eval_every_epochs: int = 1
     distributed: DistributedMode = "auto"

@@ -1,4 +1,6 @@
-"""Reusable building blocks shared by all models (ops -> layers -> models)."""
+"""Building blocks shared by every backbone (ops -> layers -> models): the BiMamba mixer and the
+Mamba block around it, attention and the Transformer block, MLP, RMSNorm, drop path, the 3-D patch
+embedding and position-table construction and resizing. No block knows which model it is in."""
 
 from .attention import Attention, TransformerBlock
 from .blocks import MambaBlock

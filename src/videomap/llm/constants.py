@@ -5,7 +5,11 @@ collide with a vocabulary entry, needs no new embedding row, and the model expan
 the visual tokens of its image or video just before the LM's embedding lookup.
 """
 
-IGNORE_INDEX = -100  # label of every token the loss skips (prompt, visual tokens, padding)
+from ..constants import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "IMAGE_PLACEHOLDER", "IMAGE_TOKEN_INDEX", "PLACEHOLDER_IDS", "VIDEO_PLACEHOLDER",
+           "VIDEO_TOKEN_INDEX"]
+
 IMAGE_TOKEN_INDEX = -200
 VIDEO_TOKEN_INDEX = -201
 IMAGE_PLACEHOLDER = "<image>"

@@ -34,7 +34,6 @@ Determinism
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,7 +59,6 @@ __all__ = [
     "read_instruction_file",
 ]
 
-logger = logging.getLogger("videomap.data")
 
 _MEDIA_KEYS = ("video", "image")
 

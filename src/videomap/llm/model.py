@@ -13,11 +13,13 @@ the new tokens begin, and ``generate`` derives position ids from the attention m
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -31,45 +33,94 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_FILE", "LLM_DTYPES", "STAGES", "VideoLLM", "VideoLLMConfig"]
+__all__ = ["CONFIG_FILE", "DEFAULT_MAX_NEW_TOKENS", "LLM_DTYPES", "STAGES", "LlmDtype", "LoraOptions", "Stage",
+           "VideoLLM", "VideoLLMConfig"]
 
 CONFIG_FILE = "videomap_llm.json"
 PROJECTOR_FILE = "projector.safetensors"
-LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-STAGES = ("align", "instruct")
-# LLaVA-1.5's LoRA recipe (r=128, alpha=256 on every linear layer of the LM)
-DEFAULT_LORA = dict(r=128, lora_alpha=256, lora_dropout=0.05, target_modules="all-linear")
-DEFAULT_MAX_NEW_TOKENS = 128
+LlmDtype = Literal["float32", "bfloat16", "float16"]
+LLM_DTYPES = {name: getattr(torch, name) for name in typing.get_args(LlmDtype)}
+Stage = Literal["align", "instruct"]
+STAGES: tuple[str, ...] = typing.get_args(Stage)
+DEFAULT_MAX_NEW_TOKENS = 128  # generate() and chat: room for a sentence or two
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters on the LM in the instruct stage (``peft``); the defaults are LLaVA-1.5's recipe
+    (r=128, alpha=256 on every linear layer of the LM)."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every Linear layer of the LM (LLaVA's choice)
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError(f"r and alpha must be >= 1, got r={self.r}, alpha={self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        """These options as ``peft.LoraConfig`` arguments."""
+        return {"r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+                "target_modules": list(self.target_modules) if self.target_modules else "all-linear"}
+
+
+DEFAULT_LORA = LoraOptions().peft_kwargs()
 
 
 @dataclass
 class VideoLLMConfig:
-    """What to build; JSON-serialisable (saved as ``videomap_llm.json``). See docs/llm.md."""
+    """What to build; JSON-serialisable (saved as ``videomap_llm.json``). See docs/llm.md.
 
-    llm: str
-    tokenizer: str | None = None
-    local_files_only: bool = True
-    llm_dtype: str = "float32"
+    Restoring a saved model under a job (:func:`videomap.tasks.common.restore_config`): the
+    :attr:`RUNTIME_FIELDS` may differ from the saved values, the :attr:`SOURCE_FIELDS` name where
+    weights came from (the saved directory holds its own), every other field is architecture and
+    must match. A new field therefore counts as architecture unless it is listed here.
+    """
+
+    language_model: str  # AutoModelForCausalLM directory or hub id
+    tokenizer: str | None = None  # default: language_model
+    local_files_only: bool = True  # never download unless asked to
+    llm_dtype: LlmDtype = "float32"
     video_encoder: str = "videomap_middle"
     video_checkpoint: str | None = None
-    video_overrides: dict = field(default_factory=dict)
-    image_encoder: str | None = None
+    video_overrides: dict[str, Any] = field(default_factory=dict)
+    image_encoder: str | None = None  # None: images go through the video encoder at T=1
     image_checkpoint: str | None = None
-    image_overrides: dict = field(default_factory=dict)
+    image_overrides: dict[str, Any] = field(default_factory=dict)
     num_frames: int = 8
     img_size: int = 224
     feature_layer: int = -1
     use_cls: bool = False
     spatial_pool: int = 1
     temporal_pool: int = 1
-    projector: str = "mlp2x_gelu"
+    projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" or any "mlp<N>x_gelu"
+
+    # how the model is loaded and the clip size / token pooling (the projector acts per token and
+    # position tables are resized)
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"local_files_only", "llm_dtype", "num_frames", "img_size", "spatial_pool", "temporal_pool"})
+    # where the weights came from: a saved model carries its encoders (and its LM once trained)
+    SOURCE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"language_model", "tokenizer", "video_checkpoint", "image_checkpoint"})
+    # the key this field had before it was renamed (still read from saved models)
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"llm": "language_model"}
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, require_language_model: bool = True) -> None:
+        """Check every field; ``require_language_model=False`` lets a job leave the LM to
+        ``init_from``."""
         from ..models import list_models
 
-        if not isinstance(self.llm, (str, os.PathLike)) or not os.fspath(self.llm):
-            raise ValueError(f"llm: expected a model directory or hub id, got {self.llm!r}")
-        self.llm = os.fspath(self.llm)
+        if self.language_model is not None or require_language_model:
+            if not isinstance(self.language_model, (str, os.PathLike)) or not os.fspath(self.language_model):
+                raise ValueError(f"language_model: expected a causal LM directory or hub id, got "
+                                 f"{self.language_model!r}")
+            self.language_model = os.fspath(self.language_model)
         for name in ("tokenizer", "video_checkpoint", "image_checkpoint"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -98,11 +149,14 @@ class VideoLLMConfig:
         check_projector_name(self.projector)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The model fields as plain values (a job section that extends this class leaves its own out)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(VideoLLMConfig)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoLLMConfig:
-        """Build from a mapping; an unknown key is an error listing the valid ones."""
+        """Build from a mapping (a saved ``config``); an unknown key is an error listing the valid
+        ones. Keys of earlier versions (:attr:`LEGACY_KEYS`) are read under their new name."""
+        data = {cls.LEGACY_KEYS.get(k, k): v for k, v in data.items()}
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
@@ -140,7 +194,8 @@ class VideoLLM(nn.Module):
             # that already resolve to an attribute)
             self._modules["image_tower"] = image_tower
         self.projector = projector
-        self.llm_state = "source"  # "source" (LM as loaded from config.llm), "full" (weights changed), "lora"
+        # "source" (LM as loaded from config.language_model), "full" (weights changed), "lora"
+        self.llm_state = "source"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -149,7 +204,9 @@ class VideoLLM(nn.Module):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg = config if isinstance(config, VideoLLMConfig) else VideoLLMConfig.from_dict(config)
-        tok_src = cfg.tokenizer or cfg.llm
+        if cfg.language_model is None:
+            raise ValueError("language_model: expected the causal LM to build on (a directory or hub id), got None")
+        tok_src = cfg.tokenizer or cfg.language_model
         try:
             tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=cfg.local_files_only)
         except OSError as e:
@@ -159,10 +216,11 @@ class VideoLLM(nn.Module):
             tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
             log.info("tokenizer has no pad token; padding with %r", tokenizer.pad_token)
         try:
-            llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=LLM_DTYPES[cfg.llm_dtype],
+            llm = AutoModelForCausalLM.from_pretrained(cfg.language_model, dtype=LLM_DTYPES[cfg.llm_dtype],
                                                        local_files_only=cfg.local_files_only)
         except OSError as e:
-            raise OSError(f"llm: cannot load {cfg.llm!r} (local_files_only={cfg.local_files_only}): {e}") from e
+            raise OSError(f"language_model: cannot load {cfg.language_model!r} "
+                          f"(local_files_only={cfg.local_files_only}): {e}") from e
         if llm.generation_config is not None and llm.generation_config.pad_token_id is None:
             llm.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -434,7 +492,7 @@ class VideoLLM(nn.Module):
         Always: the projector and the encoders (``video_encoder/``, ``image_encoder/``, each a
         ``save_pretrained`` directory). The LM only when its weights changed: the full LM and the
         tokenizer under ``llm/``, or the LoRA adapter under ``llm_adapter/``; an LM that was not
-        trained stays referenced by ``config.llm``. ``videomap_llm.json`` is written last, so a
+        trained stays referenced by ``config.language_model``. ``videomap_llm.json`` is written last, so a
         directory without it is an unfinished save.
         """
         from ..io import save_safetensors, write_json
@@ -452,7 +510,7 @@ class VideoLLM(nn.Module):
         elif self.llm_state == "lora":
             self.llm.save_pretrained(os.path.join(directory, "llm_adapter"))
         config = self.config.to_dict()
-        for key in ("llm", "tokenizer"):  # a local source stays findable from another working directory
+        for key in ("language_model", "tokenizer"):  # a local source stays findable from another working directory
             if config[key] and os.path.isdir(config[key]):
                 config[key] = os.path.abspath(config[key])
         write_json(os.path.join(directory, CONFIG_FILE), {"config": config, "llm_weights": self.llm_state})
@@ -471,12 +529,12 @@ class VideoLLM(nn.Module):
         state = saved.get("llm_weights", "source")
         if state not in ("source", "full", "lora"):
             raise ValueError(f"{path}: llm_weights: expected 'source', 'full' or 'lora', got {state!r}")
-        data = dict(saved["config"])
+        data = VideoLLMConfig.from_dict(saved["config"]).to_dict()
         data["video_checkpoint"] = os.path.join(directory, "video_encoder")
         if data.get("image_encoder") is not None:
             data["image_checkpoint"] = os.path.join(directory, "image_encoder")
         if state == "full":
-            data["llm"] = data["tokenizer"] = os.path.join(directory, "llm")
+            data["language_model"] = data["tokenizer"] = os.path.join(directory, "llm")
         data.update(config_overrides)
         model = cls.from_config(VideoLLMConfig.from_dict(data))
 

@@ -278,6 +278,16 @@ class VideoBackbone(nn.Module):
         write_json(os.path.join(directory, "config.json"), {"library": "videomap", **config})
         return directory
 
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload videomap model") -> str:
+        """Upload :meth:`save_pretrained`'s files to the Hugging Face Hub repository ``repo_id``
+        (created if missing); ``create_model(name, pretrained="hf-hub:" + repo_id)`` loads them.
+        Returns the commit URL. Needs ``huggingface_hub`` and a login or ``token``."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, revision=revision,
+                           commit_message=commit_message)
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

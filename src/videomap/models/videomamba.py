@@ -1,5 +1,6 @@
 """VideoMamba (pure bidirectional Mamba) and VideoHybrid (VideoMAP: one Transformer block after
-every ``attn_every`` Mamba layers) share this one class.
+every ``attn_every`` Mamba layers). The hybrid is VideoMamba with Transformer blocks interleaved,
+so :class:`VideoHybrid` subclasses :class:`VideoMamba` and only requires ``attn_every >= 1``.
 
 Mamba blocks are ``layers.N`` exactly as in VideoMamba checkpoints; Transformer blocks of the
 hybrid are ``attn_layers.K`` so the Mamba part keeps VideoMamba's indices.
@@ -149,3 +150,15 @@ class VideoMamba(VideoBackbone):
 
     def final_norm(self, stream: torch.Tensor) -> torch.Tensor:
         return self.norm_f(stream.to(self.norm_f.weight.dtype))
+
+
+class VideoHybrid(VideoMamba):
+    """VideoMAP's hybrid backbone: a Transformer block after every ``attn_every`` (default 4)
+    Mamba layers. Same layout and weights as :class:`VideoMamba` built with that ``attn_every``;
+    the class exists so the registry, checks and logs name what is built."""
+
+    def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 4, **kwargs) -> None:
+        if attn_every < 1:
+            raise ValueError(f"attn_every: a VideoHybrid needs a Transformer block every n >= 1 Mamba layers, got "
+                             f"{attn_every} (VideoMamba is the model without them)")
+        super().__init__(depth=depth, embed_dim=embed_dim, attn_every=attn_every, **kwargs)

@@ -19,41 +19,23 @@ import logging
 
 import torch
 
-from . import cpu_build, cuda_scan, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
+from . import cuda_scan, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
 from ._checks import check_inputs, compute_dtype, no_autocast
-from .cpu_scan import MAX_STATE
+from .scan_op import choose_backend
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("cuda-mamba_ssm", "cpu-kernel", "torch")
 _logged: set[str] = set()
 
 
 def _resolve(device_or_tensor) -> tuple[torch.device, torch.dtype | None]:
+    """Device and the dtype the operator will be given (:func:`selective_scan` computes fp16 /
+    bf16 sequences in fp32 unless it passes them through)."""
     if device_or_tensor is None:
         return torch.device("cpu"), None
     if isinstance(device_or_tensor, torch.Tensor):
-        return device_or_tensor.device, device_or_tensor.dtype
+        return device_or_tensor.device, compute_dtype(device_or_tensor)
     return torch.device(device_or_tensor), None
-
-
-def _choose(device: torch.device, dtype: torch.dtype | None) -> tuple[str, str]:
-    """(backend, reason) for tensors on ``device`` with ``dtype`` (None: a floating type other
-    than float64)."""
-    if device.type == "cuda":
-        if cuda_scan.cuda_module() is not None:
-            return "cuda-mamba_ssm", "mamba_ssm CUDA extension"
-        return "torch", "CUDA tensors but mamba_ssm's selective_scan_cuda does not import"
-    if device.type != "cpu":
-        return "torch", f"no dedicated kernel for device {device.type}"
-    if dtype == torch.float64:
-        return "torch", "float64 inputs (the C kernel is fp32)"
-    if cpu_build.kernel_disabled():
-        return "torch", "VIDEOMAP_DISABLE_KERNEL is set"
-    kern = cpu_build.get_kernel()
-    if kern is None:
-        return "torch", f"C kernel unavailable: {cpu_build.kernel_error()}"
-    return "cpu-kernel", f"{kern.path} ({' '.join(f for f in kern.flags if f.startswith(('-march', '-fopenmp')))})"
 
 
 def _log_once(backend: str, reason: str) -> None:
@@ -70,7 +52,7 @@ def selective_scan_backend(device_or_tensor: torch.device | str | torch.Tensor |
     (logger ``videomap.ops``) the first time each backend is seen, so a run's log shows
     whether the fast path is active.
     """
-    backend, reason = _choose(*_resolve(device_or_tensor))
+    backend, reason = choose_backend(*_resolve(device_or_tensor))
     _log_once(backend, reason)
     return backend
 
@@ -99,12 +81,6 @@ def selective_scan(
     O(inputs): states are recomputed in backward instead of stored.
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if not torch.compiler.is_compiling():  # a traced graph holds the operator, nothing else
-        backend, reason = _choose(u.device, u.dtype)
-        if backend == "cpu-kernel" and A.shape[1] > MAX_STATE:
-            backend, reason = "torch", f"d_state {A.shape[1]} > {MAX_STATE} (the C kernel's limit)"
-        _log_once(backend, reason)
-
     in_dtype = u.dtype
     ct = compute_dtype(u)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
@@ -120,6 +96,8 @@ def selective_scan(
         keep = (0, 1, 6)
     else:
         keep = ()
+    if not torch.compiler.is_compiling():  # a traced graph holds the operator, nothing else
+        _log_once(*choose_backend(u.device, u.dtype if keep else ct, A.shape[1]))
     with no_autocast(u.device.type):
 
         def prep(t: torch.Tensor | None, i: int) -> torch.Tensor | None:

@@ -27,14 +27,32 @@ from .cpu_scan import MAX_STATE, carries_numel, kernel_backward, kernel_forward
 from .torch_scan import chunk_len, scan_backward, scan_forward
 
 
+def choose_backend(device: torch.device, dtype: torch.dtype | None = None,
+                   nstate: int | None = None) -> tuple[str, str]:
+    """``(backend, reason)``: the one decision of which implementation scans inputs that reach
+    the operator on ``device`` as ``dtype`` (None: fp32) with ``nstate`` states (None: within the
+    C kernel's limit). ``backend`` is ``"cuda-mamba_ssm"``, ``"cpu-kernel"`` or ``"torch"``."""
+    if device.type == "cuda":
+        if cuda_scan.cuda_module() is not None:
+            return "cuda-mamba_ssm", "mamba_ssm CUDA extension"
+        return "torch", "CUDA tensors but mamba_ssm's selective_scan_cuda does not import"
+    if device.type != "cpu":
+        return "torch", f"no dedicated kernel for device {device.type}"
+    if dtype not in (None, torch.float32, torch.bfloat16):
+        return "torch", f"{dtype} inputs (the C kernel reads fp32, and bf16 for inference)"
+    if nstate is not None and nstate > MAX_STATE:
+        return "torch", f"d_state {nstate} > {MAX_STATE} (the C kernel's limit)"
+    if cpu_build.kernel_disabled():
+        return "torch", "VIDEOMAP_DISABLE_KERNEL is set"
+    kern = cpu_build.get_kernel()
+    if kern is None:
+        return "torch", f"C kernel unavailable: {cpu_build.kernel_error()}"
+    return "cpu-kernel", f"{kern.path} ({' '.join(f for f in kern.flags if f.startswith(('-march', '-fopenmp')))})"
+
+
 def op_backend(u: Tensor, nstate: int) -> str:
     """``"cuda-mamba_ssm"``, ``"cpu-kernel"`` or ``"torch"``: what the operator runs for inputs like ``u``."""
-    if u.device.type == "cuda" and cuda_scan.cuda_module() is not None:
-        return "cuda-mamba_ssm"
-    if (u.device.type == "cpu" and u.dtype in (torch.float32, torch.bfloat16) and nstate <= MAX_STATE
-            and not cpu_build.kernel_disabled() and cpu_build.get_kernel() is not None):
-        return "cpu-kernel"
-    return "torch"
+    return choose_backend(u.device, u.dtype, nstate)[0]
 
 
 def _carries_numel(backend: str, u: Tensor, nstate: int, has_z: bool) -> int:

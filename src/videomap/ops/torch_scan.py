@@ -26,7 +26,6 @@ import torch.nn.functional as F
 _CHUNK_ELEMS = 1 << 20
 _MAX_CHUNK = 256
 _MIN_CHUNK = 8
-METHODS = ("loop", "doubling")
 
 
 def chunk_len(bsz: int, dim: int, nstate: int, seqlen: int) -> int:

@@ -28,8 +28,9 @@ AlignStudent = Literal["output", "pre_last_block"]
 ALIGN_STUDENTS: tuple[str, ...] = get_args(AlignStudent)
 
 
-def _align_teacher_time(x: torch.Tensor, t: int) -> torch.Tensor:
-    """Average teacher frames over each tubelet when the student merges frames (tubelet > 1)."""
+def align_teacher_time(x: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """Teacher features (B, T, ...) at the student's ``t`` token frames: frames averaged over each
+    tubelet when the student merges frames (tubelet > 1); ``None`` passes through (no attention)."""
     if x is None or x.shape[1] == t:
         return x
     if x.shape[1] % t:
@@ -100,14 +101,14 @@ class MaskedPretrainer(WrapsBackbone, nn.Module):
         if next(iter(teacher.buffers()), video).device != video.device:
             teacher.to(video.device)
         tout = teacher(video, grid[1:])
-        attn = _align_teacher_time(tout.attn, grid[0])
+        attn = align_teacher_time(tout.attn, grid[0])
         mask = self.masker(video.shape[0], grid, attn=attn, device=video.device)
         if self.student == "pre_last_block":
             tokens = self.encoder.forward_intermediates(video, [-2], mask=mask, intermediates_only=True)[0]
         else:
             tokens = self.encoder.forward_features(video, mask=mask)
         pred = self.decoder(tokens, mask) if self.objective == "video" else self.decoder(tokens, mask, grid)
-        return {"mask": mask, "target": _align_teacher_time(tout.patch, grid[0]), "pred": pred, "teacher": tout}
+        return {"mask": mask, "target": align_teacher_time(tout.patch, grid[0]), "pred": pred, "teacher": tout}
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.predict(video)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import os
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from torch import nn
@@ -14,6 +16,8 @@ from ..config import JobConfig
 from ..data import VideoClsDataset
 from ..models import create_model, load_pretrained
 from ..models.registry import model_kwargs, read_model_config
+
+log = logging.getLogger(__name__)
 
 
 def build_dataset(cfg: JobConfig, split: str, mode: str | None = None) -> VideoClsDataset:
@@ -73,11 +77,40 @@ def _architecture(name: str, overrides: dict[str, Any]) -> tuple[type, dict[str,
                 full.setdefault(p.name, p.default)
     full.update(kwargs)
     # JSON (config.json) has lists, not tuples: compare in that form
-    return cls, {k: json.loads(json.dumps(v, default=str)) for k, v in full.items() if k not in _NOT_ARCHITECTURE}
+    return cls, {k: _plain(v) for k, v in full.items() if k not in _NOT_ARCHITECTURE}
 
 
-def _describe(name: str, arch: dict[str, Any], keys: list[str]) -> str:
-    return name + (" (" + ", ".join(f"{k}={arch.get(k)!r}" for k in keys) + ")" if keys else "")
+def _plain(value: Any) -> Any:
+    """A value as JSON stores it (tuples become lists, paths strings), for comparison with a saved config."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def restore_config(saved: Mapping[str, Any], requested: Mapping[str, Any], *, runtime: Collection[str],
+                   sources: Collection[str] = (), checkpoint: str, keys: str, advice: str,
+                   prefix: str = "") -> dict[str, Any]:
+    """The one rule for running a saved model under a job: which of the job's model fields apply.
+
+    ``saved``: the fields the model was saved with; ``requested``: only those the job gives.
+    ``runtime`` fields may differ (the job's value wins); ``sources`` say where weights came from
+    and are not used (the checkpoint holds its own weights); every other field is architecture and
+    must equal the saved value (compared as JSON stores it). Returns the runtime fields to
+    override. A conflict is a ``ValueError`` naming every conflicting field (``prefix`` + name)
+    with the job's and the saved value, so the wrong model never runs quietly: ``keys`` names the
+    job keys in the message's first words, ``advice`` ends it.
+    """
+    overrides, conflicts, ignored = {}, [], []
+    for key, value in requested.items():
+        if key in runtime:
+            overrides[key] = value
+        elif key in sources:
+            ignored.append(prefix + key)
+        elif key in saved and _plain(value) != _plain(saved[key]):
+            conflicts.append(f"{prefix}{key} is {value!r} but it holds {saved[key]!r}")
+    if conflicts:
+        raise ValueError(f"{keys} conflict with the checkpoint {checkpoint}: " + "; ".join(conflicts) + f"; {advice}")
+    if ignored:
+        log.info("using the weights saved in %s, not the job's %s", checkpoint, ", ".join(ignored))
+    return overrides
 
 
 def _resolve(cfg: JobConfig, checkpoint: str | os.PathLike) -> tuple[JobConfig, dict[str, Any] | None]:
@@ -88,20 +121,21 @@ def _resolve(cfg: JobConfig, checkpoint: str | os.PathLike) -> tuple[JobConfig, 
     saved_name = saved["name"]
     saved_args = {k: v for k, v in saved.items() if k != "name"}
     if cfg.is_given("model.name") or cfg.is_given("model.overrides"):
-        job_cls, job_arch = _architecture(m.name, m.overrides)
+        _, job_arch = _architecture(m.name, m.overrides)
         try:
-            saved_cls, saved_arch = _architecture(saved_name, {k: v for k, v in saved_args.items()
-                                                               if k not in _NOT_ARCHITECTURE})
+            _, saved_arch = _architecture(saved_name, {k: v for k, v in saved_args.items()
+                                                       if k not in _NOT_ARCHITECTURE})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{os.fspath(checkpoint)}/config.json describes no model this version can build: {e}") \
                 from e
-        differ = sorted(k for k in set(job_arch) | set(saved_arch) if job_arch.get(k) != saved_arch.get(k))
-        if m.name != saved_name or job_cls is not saved_cls or differ:
-            raise ValueError(
-                f"model.name/model.overrides conflict with the checkpoint: the job asks for "
-                f"{_describe(m.name, job_arch, differ)}, but {os.fspath(checkpoint)}/config.json holds "
-                f"{_describe(saved_name, saved_arch, differ)}; drop model.name/model.overrides to use the saved "
-                "architecture, or pass the checkpoint of the model you meant")
+        # every architecture argument on both sides (a default one side lacks is compared as None)
+        names = set(job_arch) | set(saved_arch)
+        restore_config({"model.name": saved_name, **{k: saved_arch.get(k) for k in names}},
+                       {"model.name": m.name, **{k: job_arch.get(k) for k in names}},
+                       runtime=_NOT_ARCHITECTURE, keys="model.name/model.overrides",
+                       checkpoint=f"{os.fspath(checkpoint)}/config.json (model {saved_name})",
+                       advice="drop model.name/model.overrides to use the saved architecture, or pass the "
+                              "checkpoint of the model you meant")
         name, overrides = m.name, dict(m.overrides)
     else:
         name = saved_name

@@ -26,8 +26,9 @@ import os
 import time
 
 import torch
+import yaml
 
-from ..config import load_config
+from ..config import JobConfig, load_config
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import SYNTHETIC_CLASSES, VideoClsDataset, make_synthetic_dataset
 from ..engine import read_metrics
@@ -37,15 +38,51 @@ from .pretrain import build_pretrainer, run_pretrain
 
 log = logging.getLogger(__name__)
 
-FULL = dict(num_unlabeled=600, num_train=120, num_val=300, clip_frames=16, frames=8, size=32, patch=8, tubelet=2,
-            embed_dim=64, depth=4, pre_epochs=30, ft_epochs=30, batch=16, pre_lr=1.5e-3, ft_lr=1e-3)
-QUICK = dict(num_unlabeled=32, num_train=24, num_val=12, clip_frames=8, frames=4, size=32, patch=8, tubelet=2,
-             embed_dim=32, depth=4, pre_epochs=1, ft_epochs=1, batch=8, pre_lr=1.5e-3, ft_lr=1e-3)
+# The recipe is the shipped job files (configs/small/, package data): model, data handling,
+# objective and schedule. The demo adds only what a job file does not hold: how many clips of
+# what length it generates, where it writes, the seed, logging, and the quick version's shrink.
+RECIPES = {"pretrain": "small/pretrain_motion.yaml", "finetune": "small/finetune_motion.yaml"}
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+DATA = dict(num_unlabeled=600, num_train=120, num_val=300, clip_frames=16)
+QUICK_DATA = dict(num_unlabeled=32, num_train=24, num_val=12, clip_frames=8)
+# the quick demo: half the frames, half the width, one epoch of each stage
+QUICK = {
+    "pretrain": ["model.num_frames=4", "model.overrides.embed_dim=32", "pretrain.decoder_dim=32", "train.epochs=1",
+                 "train.batch_size=8"],
+    "finetune": ["model.num_frames=4", "model.overrides.embed_dim=32", "train.epochs=1", "train.batch_size=8",
+                 "train.eval_every_epochs=1"],
+}
+# run settings, not recipe: the demo loads clips in the main process and continues where it stopped
+RUN = ["train.num_workers=0", "train.log_every=20", "train.tensorboard=false", "train.resume=true"]
+
+
+def recipe_file(task: str) -> str:
+    """The shipped job file of the demo's ``task`` (``"pretrain"`` or ``"finetune"``)."""
+    if task not in RECIPES:
+        raise ValueError(f"task: expected one of {sorted(RECIPES)}, got {task!r}")
+    path = os.path.join(CONFIG_DIR, RECIPES[task])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the demo's recipe is missing from the installed package")
+    return path
+
+
+def demo_job(task: str, overrides: list[str] | None = None, quick: bool = False, seed: int = 0) -> JobConfig:
+    """The demo's ``task`` job: the shipped recipe, shrunk when ``quick``, with the run settings,
+    the seed and ``overrides`` (data lists, output directory, arm-specific changes) on top."""
+    return load_config(recipe_file(task), (QUICK[task] if quick else []) + RUN + [f"train.seed={seed}"]
+                       + list(overrides or []), command=task)
 
 
 def demo_params(quick: bool = False) -> dict:
-    """The recipe of the full or quick demo (the other toy demos take their clips and encoder from it)."""
-    return QUICK if quick else FULL
+    """The full or quick demo at a glance: clip counts and lengths, and the recipe's sizes and
+    schedule as read from the job files (the other toy demos take their clips and encoder from it)."""
+    pre, ft = demo_job("pretrain", quick=quick), demo_job("finetune", quick=quick)
+    arch = pre.model.overrides
+    return {**(QUICK_DATA if quick else DATA), "frames": pre.model.num_frames, "size": pre.model.img_size,
+            "patch": arch["patch_size"], "tubelet": arch["tubelet_size"], "embed_dim": arch["embed_dim"],
+            "depth": arch["depth"], "pre_epochs": pre.train.epochs, "ft_epochs": ft.train.epochs,
+            "batch": pre.train.batch_size, "pre_lr": pre.train.lr, "ft_lr": ft.train.lr}
 
 
 def read_clip_list(list_file: str) -> list[tuple[str, int]]:
@@ -55,46 +92,15 @@ def read_clip_list(list_file: str) -> list[tuple[str, int]]:
 
 
 def encoder_overrides(quick: bool = False) -> str:
-    """The demo encoder's architecture, as the YAML text of ``model.overrides``."""
-    p = demo_params(quick)
-    prefix = "model.overrides="
-    return next(o[len(prefix):] for o in model_overrides(p, p["frames"], p["tubelet"]) if o.startswith(prefix))
+    """The demo encoder's architecture (``model.overrides`` of the recipe) as YAML flow text."""
+    return yaml.safe_dump(demo_job("pretrain", quick=quick).model.overrides, default_flow_style=True,
+                          sort_keys=False, width=1 << 20).strip()
 
 
-def model_overrides(p: dict, frames: int, tubelet: int, **arch: str) -> list[str]:
-    """The demo's model as job-config overrides (``p``: :data:`FULL` or :data:`QUICK`; ``arch``:
-    constructor arguments that replace or add to the demo's, e.g. ``attn_wiring="branch"``).
-
-    Mamba's dt-bias initialisation is kept (``keep_dt_bias_init``, not the released code's wipe):
-    on this task it is worth 5-13 points of top-1 (docs/demo.md has the measurement).
-    """
-    args = {"embed_dim": p["embed_dim"], "depth": p["depth"], "attn_every": 4, "patch_size": p["patch"],
-            "tubelet_size": tubelet, "global_pool": "avg", "keep_dt_bias_init": "true", **arch}
-    return [
-        "model.name=videomap_tiny", f"model.num_frames={frames}", f"model.img_size={p['size']}",
-        "model.drop_path_rate=0.0",
-        "model.overrides={" + ", ".join(f"{k}: {v}" for k, v in args.items()) + "}",
-    ]
-
-
-def train_overrides(p: dict, seed: int) -> list[str]:
-    """The demo's data handling and optimiser settings shared by every run."""
-    return [
-        "data.flip=false", "data.sampling=dense", "data.frame_stride=2", "data.crop_scale=[0.7, 1.0]",
-        "data.test_clips=2", "data.test_crops=1", f"train.batch_size={p['batch']}", "train.num_workers=0",
-        "train.log_every=20", "train.tensorboard=false", "train.resume=true", "train.warmup_epochs=1",
-        "train.weight_decay=0.05", f"train.seed={seed}",
-    ]
-
-
-def pretrain_config(p: dict, unlabeled_list: str, output_dir: str, seed: int):
+def pretrain_config(unlabeled_list: str, output_dir: str, seed: int = 0, quick: bool = False) -> JobConfig:
     """The demo's VideoMAP pre-training job (step 1); other demos reuse its encoder."""
-    return load_config(None, model_overrides(p, p["frames"], p["tubelet"]) + train_overrides(p, seed) + [
-        "task=pretrain", f"data.train_list={unlabeled_list}", "pretrain.objective=frame",
-        "pretrain.teacher=pixel_motion", "pretrain.mask_type=attention", "pretrain.mask_ratio=0.5",
-        f"pretrain.decoder_dim={p['embed_dim']}", "pretrain.decoder_depth=1", f"train.epochs={p['pre_epochs']}",
-        f"train.lr={p['pre_lr']}", "train.min_lr=0.0", f"train.output_dir={output_dir}",
-    ])
+    return demo_job("pretrain", [f"data.train_list={unlabeled_list}", f"train.output_dir={output_dir}"],
+                    quick=quick, seed=seed)
 
 
 def _train_curve(run_dir: str) -> list[tuple[int, float]]:
@@ -194,7 +200,7 @@ def _plot_predictions(out: str, pre_cfg, run_dir: str, val_list: str, num_clips:
 
 
 def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
-    p = QUICK if quick else FULL
+    p = demo_params(quick)
     t_start = time.time()
     out = os.path.abspath(out)
     data_dir = os.path.join(out, "data")
@@ -206,30 +212,26 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> dict
     runs = {k: os.path.join(out, k) for k in ("pretrain", "finetune_pretrained", "finetune_scratch",
                                               "finetune_single_frame")}
     times: dict[str, float] = {}
-    video_model = model_overrides(p, p["frames"], p["tubelet"])
-    common = train_overrides(p, seed)
 
     log.info("1/4 VideoMAP pre-training on %d unlabeled clips (frame-wise causal decoder, next-frame target, "
              "teacher = pixel change, 50%% attention masking)", p["num_unlabeled"])
     t0 = time.time()
-    pre_cfg = pretrain_config(p, unlabeled_list, runs["pretrain"], seed)
+    pre_cfg = pretrain_config(unlabeled_list, runs["pretrain"], seed, quick)
     pre = run_pretrain(pre_cfg)
     times["pretrain"] = time.time() - t0
 
-    arms = (("finetune_pretrained", video_model, pre["encoder"], "2/4 fine-tuning the pre-trained encoder"),
-            ("finetune_scratch", video_model, None, "3/4 fine-tuning from scratch (same schedule)"),
-            ("finetune_single_frame", model_overrides(p, 1, 1), None,
+    single_frame = ["model.num_frames=1", "model.overrides.tubelet_size=1"]
+    arms = (("finetune_pretrained", [f"model.pretrained={pre['encoder']}"],
+             "2/4 fine-tuning the pre-trained encoder"),
+            ("finetune_scratch", [], "3/4 fine-tuning from scratch (same schedule)"),
+            ("finetune_single_frame", single_frame,
              "4/4 a single-frame model from scratch (shows the task needs time)"))
     results = {}
-    for label, model, weights, what in arms:
+    for label, arm, what in arms:
         log.info("%s on %d labelled clips", what, p["num_train"])
         t0 = time.time()
-        ft_cfg = load_config(None, model + common + [
-            "task=finetune", f"data.train_list={train_list}", f"data.val_list={val_list}",
-            f"train.epochs={p['ft_epochs']}", f"train.lr={p['ft_lr']}", "train.min_lr=0.0",
-            "finetune.label_smoothing=0.1", f"train.eval_every_epochs={p['ft_epochs']}",
-            f"train.output_dir={runs[label]}",
-        ] + ([f"model.pretrained={weights}"] if weights else []))
+        ft_cfg = demo_job("finetune", [f"data.train_list={train_list}", f"data.val_list={val_list}",
+                                       f"train.output_dir={runs[label]}", *arm], quick=quick, seed=seed)
         run_finetune(ft_cfg)
         results[label] = run_evaluate(ft_cfg, os.path.join(runs[label], "final"))
         times[label] = time.time() - t0

@@ -4,6 +4,11 @@ Each video's features go to ``extract.output_dir`` under the video's path relati
 ``data.root`` (or to the list file's folder, or, for other absolute paths, the full path), with
 the extension replaced: ``a/x.mp4`` -> ``features/a/x.safetensors``. Finished outputs are kept,
 so an interrupted run continues where it stopped.
+
+``extract.layer`` picks the block whose output is pooled (through
+:meth:`~videomap.models.VideoBackbone.forward_intermediates`, blocks in execution order, so a
+hybrid's Transformer blocks count); the default -1 with ``extract.norm`` is the model's final,
+normalised output (:meth:`forward_features`). Middle layers often transfer better than the last.
 """
 
 from __future__ import annotations
@@ -38,14 +43,15 @@ def window_starts(num_sampled: int, window: int, stride: int) -> list[int]:
 @torch.no_grad()
 def video_features(model: nn.Module, reader: VideoSource, *, num_frames: int, img_size: int, frame_stride: int,
                    window_stride: int | None, pool: str, device: torch.device,
-                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+                   amp_dtype: torch.dtype | None = None, layer: int = -1, norm: bool = True) -> torch.Tensor:
     """(num_windows, d) float32 features of one opened video.
 
     Frames ``0, frame_stride, 2*frame_stride, ...`` are sampled; windows of ``num_frames`` sampled
     frames start every ``window_stride`` sampled frames (default ``num_frames``: no overlap) and
     the last one ends at the end. A video shorter than one window repeats its last frame. Each
     window is resized and centre-cropped to ``img_size``; ``pool`` is "cls" (the cls token) or
-    "mean" (the mean of the patch tokens). ``amp_dtype``: autocast dtype (None: fp32).
+    "mean" (the mean of the patch tokens) of block ``layer``'s output, through the final norm
+    when ``norm`` (-1 with ``norm``: the model's output). ``amp_dtype``: autocast dtype (None: fp32).
     """
     frame_ids = list(range(0, reader.info.num_frames, frame_stride)) or [0]
     feats = []
@@ -55,7 +61,8 @@ def video_features(model: nn.Module, reader: VideoSource, *, num_frames: int, im
         clip = reader.get_frames(ids).permute(3, 0, 1, 2)  # (C, T, H, W) uint8
         clip = normalize(center_crop(resize_short_side(clip, img_size), img_size))
         with autocast(amp_dtype, device):
-            tokens = model.forward_features(clip[None].to(device))
+            tokens = model.forward_intermediates(clip[None].to(device), [layer], norm=norm, stop_early=True,
+                                                 intermediates_only=True)[0]
         feats.append(tokens[0, 0].float() if pool == "cls" else tokens[0, 1:].float().mean(0))
     return torch.stack(feats).cpu()
 
@@ -119,6 +126,10 @@ def run_extract(cfg: JobConfig, checkpoint: str | None = None) -> dict:
     model = build_model_from_checkpoint(cfg, weights, num_classes=0)
     device = default_device()
     amp_dtype, _ = resolve_amp(cfg.train.amp, device)
+    num_blocks = len(model.block_names())
+    if not -num_blocks <= e.layer < num_blocks:
+        raise ValueError(f"extract.layer: expected a block index in [-{num_blocks}, {num_blocks}) ({cfg.model.name} "
+                         f"has {num_blocks} blocks), got {e.layer}")
     model.to(device).eval()
     written, existing, failed = 0, 0, []
     for video, out in zip(videos, outputs):
@@ -131,7 +142,7 @@ def run_extract(cfg: JobConfig, checkpoint: str | None = None) -> dict:
             try:
                 feats = video_features(model, reader, num_frames=cfg.model.num_frames, img_size=cfg.model.img_size,
                                        frame_stride=e.frame_stride, window_stride=e.window_stride, pool=e.pool,
-                                       device=device, amp_dtype=amp_dtype)
+                                       device=device, amp_dtype=amp_dtype, layer=e.layer, norm=e.norm)
             finally:
                 reader.close()
         except VideoDecodeError as err:

@@ -18,92 +18,63 @@ from typing import Any
 import torch
 
 from ..config import JobConfig, LlmSection, dump_config
-from ..engine import Trainer, autocast, default_device, is_main_process, resolve_amp
+from ..engine import Trainer, autocast, is_main_process, resolve_amp
+from ..engine.distributed import resolve_device
 from ..io import read_saved_json, write_json
-from .common import output_path
+from ..llm.model import DEFAULT_MAX_NEW_TOKENS
+from .common import output_path, restore_config
 
 log = logging.getLogger(__name__)
 
-# LlmSection fields that are VideoLLMConfig fields (how the model is built)
-MODEL_FIELDS = ("llm", "tokenizer", "local_files_only", "llm_dtype", "video_encoder", "video_checkpoint",
-                "video_overrides", "image_encoder", "image_checkpoint", "image_overrides", "num_frames", "img_size",
-                "feature_layer", "use_cls", "spatial_pool", "temporal_pool", "projector")
-# what a job may change on a saved model: how it is loaded and the clip size / token pooling (the
-# projector acts per token, and position tables are resized)
-RUNTIME_FIELDS = ("local_files_only", "llm_dtype", "num_frames", "img_size", "spatial_pool", "temporal_pool")
-# where the weights came from: a saved model carries its own encoders (and its LM once trained)
-SOURCE_FIELDS = ("video_checkpoint", "image_checkpoint", "llm", "tokenizer")
-SAVED_CONFIG_FILE = "videomap_llm.json"
-
-
-def video_llm_config(section: LlmSection) -> dict[str, Any]:
-    """The ``VideoLLMConfig`` fields of a job's ``llm`` section."""
-    return {name: getattr(section, name) for name in MODEL_FIELDS}
-
-
-def lora_kwargs(section: LlmSection) -> dict[str, Any] | None:
-    """``llm.lora`` as ``peft.LoraConfig`` arguments (``None``: no adapters)."""
-    lora = section.lora
-    if lora is None:
-        return None
-    return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
-            "target_modules": list(lora.target_modules) if lora.target_modules else "all-linear"}
-
-
 def _saved_model(directory: str) -> dict[str, Any]:
     """``videomap_llm.json`` of a saved Video-LLM: ``{"config": {...}, "llm_weights": ...}``."""
-    return read_saved_json(directory, SAVED_CONFIG_FILE,
+    from ..llm.model import CONFIG_FILE
+
+    return read_saved_json(directory, CONFIG_FILE,
                            "`videomap llm-train` (its final/ directory, VideoLLM.save_pretrained)")
 
 
 def load_video_llm(cfg: JobConfig, directory: str, what: str = "llm.init_from"):
     """A saved Video-LLM, with the job's loading choices applied.
 
-    The saved directory decides the model. Of the model fields a job gives (often through a
-    shared base file), :data:`RUNTIME_FIELDS` override the saved values; the LM location
-    (``llm`` / ``tokenizer``) does too while the LM is still the untrained source (it may have
-    moved), but not once the directory holds trained LM weights; the encoder checkpoints are the
-    directory's own. Any other field must agree with the saved model: a conflict is a
-    ``ValueError`` naming both values, so a stage never silently runs another model than the job
-    describes.
+    The saved directory decides the model (:func:`~videomap.tasks.common.restore_config`): of the
+    model keys the job gives (often through a shared base file), the model's runtime fields
+    override the saved values; the LM location (``language_model`` / ``tokenizer``) does too while
+    the LM is still the untrained source (it may have moved), but not once the directory holds
+    trained LM weights; the encoder checkpoints are the directory's own. Any other field must agree
+    with the saved model: a conflict is a ``ValueError`` naming both values, so a stage never
+    silently runs another model than the job describes.
     """
-    from ..llm import VideoLLM
+    from ..llm import VideoLLM, VideoLLMConfig
 
     directory = os.fspath(directory)
     saved = _saved_model(directory)
-    config, lm_trained = saved["config"], saved.get("llm_weights") == "full"
+    config = VideoLLMConfig.from_dict(saved["config"]).to_dict()
+    lm_trained = saved.get("llm_weights") == "full"
     section = cfg.llm
-    overrides, conflicts, ignored = {}, [], []
-    for key in MODEL_FIELDS:
-        if not cfg.is_given(f"llm.{key}"):
-            continue
-        value = getattr(section, key)
-        if key in RUNTIME_FIELDS or (key in ("llm", "tokenizer") and not lm_trained and value is not None):
-            overrides[key] = value
-        elif key in SOURCE_FIELDS:
-            ignored.append(key)
-        elif key in config and value != config[key]:
-            conflicts.append(f"llm.{key} is {value!r} but {directory} holds {config[key]!r}")
-    if conflicts:
-        raise ValueError(f"{what}: the job's model conflicts with the saved one: " + "; ".join(conflicts)
-                         + f". Drop those keys (the saved model is used) or point {what} at the model you meant")
-    if ignored:
-        log.info("%s: using the weights saved in %s, not the job's %s", what, directory,
-                 ", ".join(f"llm.{k}" for k in ignored))
+    lm_keys = set() if lm_trained else {"language_model", "tokenizer"}
+    # an LM location given as null names no new place: the saved one stays
+    requested = {k: v for k, v in section.to_dict().items()
+                 if cfg.is_given(f"llm.{k}") and not (k in lm_keys and v is None)}
+    overrides = restore_config(config, requested, runtime=VideoLLMConfig.RUNTIME_FIELDS | lm_keys,
+                               sources=VideoLLMConfig.SOURCE_FIELDS, checkpoint=directory, prefix="llm.",
+                               keys=f"{what}: the job's llm keys",
+                               advice=f"drop those keys (the saved model is used) or point {what} at the model you "
+                                      "meant")
     return VideoLLM.from_pretrained(directory, **overrides)
 
 
 def build_video_llm(cfg: JobConfig):
     """The job's Video-LLM: restored from ``llm.init_from`` or built from the ``llm`` section."""
-    from ..llm import VideoLLM, VideoLLMConfig
+    from ..llm import VideoLLM
 
     section = cfg.llm
     if section.init_from:
         return load_video_llm(cfg, section.init_from)
-    if not section.llm:
-        raise ValueError("llm.llm is not set: give the causal LM (a local directory or a hub id), or llm.init_from "
-                         "(a previous stage's final/ directory)")
-    return VideoLLM.from_config(VideoLLMConfig(**video_llm_config(section)))
+    if not section.language_model:
+        raise ValueError("llm.language_model is not set: give the causal LM (a local directory or a hub id), or "
+                         "llm.init_from (a previous stage's final/ directory)")
+    return VideoLLM.from_config(section.model_config())
 
 
 def _check_train_json(json_file: str | None) -> str:
@@ -128,6 +99,12 @@ def build_instruction_dataset(cfg: JobConfig, model, json_file: str | None, mode
     )
 
 
+def _set_stage(model, section: LlmSection) -> None:
+    """What the job's stage trains (``llm.stage``, ``llm.lora``, ``llm.train_encoder``)."""
+    model.set_trainable(section.stage, lora=section.lora.peft_kwargs() if section.lora else None,
+                        train_encoder=section.train_encoder)
+
+
 def _llm_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (the model's own ``loss``)."""
     return model(**batch).loss
@@ -144,7 +121,7 @@ def run_llm_train(cfg: JobConfig) -> dict[str, Any]:
         log.warning("stage instruct without llm.init_from: the projector starts untrained (LLaVA starts stage 2 "
                     "from stage 1's projector)")
     model = build_video_llm(cfg)
-    model.set_trainable(section.stage, lora=lora_kwargs(section), train_encoder=section.train_encoder)
+    _set_stage(model, section)
     if section.llm_gradient_checkpointing:
         model.gradient_checkpointing_enable()
     dataset = build_instruction_dataset(cfg, model, section.train_json)
@@ -153,8 +130,8 @@ def run_llm_train(cfg: JobConfig) -> dict[str, Any]:
     if trainer.is_main:
         dump_config(cfg, output_path(cfg, "config.yaml"))
         what = "projector" if section.stage == "align" else "projector + " + ("LoRA" if section.lora else "LM")
-        log.info("stage %s (%s) from %s on %d samples of %s", section.stage, what, section.init_from or section.llm,
-                 len(dataset), section.train_json)
+        log.info("stage %s (%s) from %s on %d samples of %s", section.stage, what,
+                 section.init_from or section.language_model, len(dataset), section.train_json)
     result = trainer.fit(resume=cfg.train.resume)
     final = None
     if trainer.mode == "fsdp":
@@ -178,18 +155,13 @@ def _gathered_copy(cfg: JobConfig, trainer: Trainer):
         return None
     section = cfg.llm
     plain = build_video_llm(cfg)
-    plain.set_trainable(section.stage, lora=lora_kwargs(section), train_encoder=section.train_encoder)
+    _set_stage(plain, section)
     missing, unexpected = plain.load_state_dict(state, strict=False)
     trainable = {n for n, p in plain.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):
         raise RuntimeError("gathered FSDP state does not match the model: missing "
                            f"{sorted(trainable & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}")
     return plain
-
-
-# llm.eval_format -> the reader in videomap.llm.qa
-QA_READERS = {"msrvtt_qa": "msrvtt", "activitynet_qa": "activitynet", "tgif_qa": "tgif",
-              "multiple_choice": "multiple_choice"}
 
 
 def read_eval_items(section: LlmSection) -> list:
@@ -202,7 +174,7 @@ def read_eval_items(section: LlmSection) -> list:
         path = getattr(section, key)
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"llm.{key}: {path} does not exist")
-    items = qa.read_qa(QA_READERS[section.eval_format], section.eval_json, section.eval_answers_json)
+    items = qa.read_qa(section.eval_format, section.eval_json, section.eval_answers_json)
     return items[: section.max_eval_samples] if section.max_eval_samples is not None else items
 
 
@@ -239,7 +211,7 @@ def run_llm_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any
                          "set llm.init_from")
     items = read_eval_items(section)
     model = load_video_llm(cfg, directory, what="--checkpoint" if checkpoint else "llm.init_from")
-    device = default_device() if cfg.train.device == "auto" else torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     model.to(device).eval()
     amp_dtype, _ = resolve_amp(cfg.train.amp, device)
     fmt = section.eval_format
@@ -254,7 +226,7 @@ def run_llm_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any
 
 
 def run_chat(checkpoint: str, question: str, video: str | None = None, image: str | None = None,
-             max_new_tokens: int = 128, llm_dtype: str | None = None, device: str = "auto") -> str:
+             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_dtype: str | None = None, device: str = "auto") -> str:
     """One answer of a saved Video-LLM about a video, an image or neither."""
     from ..data.media import load_image, load_video
     from ..llm import VideoLLM
@@ -272,7 +244,7 @@ def run_chat(checkpoint: str, question: str, video: str | None = None, image: st
     _saved_model(checkpoint)  # a clear error for a directory that is not a saved Video-LLM
     overrides = {"llm_dtype": llm_dtype} if llm_dtype else {}
     model = VideoLLM.from_pretrained(checkpoint, **overrides)
-    dev = default_device() if device == "auto" else torch.device(device)
+    dev = resolve_device(device)
     model.to(dev).eval()
     c = model.config
     kwargs: dict[str, Any] = {}

@@ -156,7 +156,7 @@ def demo_encoder(demo_out: str, quick: bool = False, seed: int = 0) -> str:
                                                    num_frames=p["clip_frames"], size=p["size"], seed=seed + 1)
     log.info("no pre-trained encoder in %s: running the demo's VideoMAP pre-training (%d unlabeled clips, "
              "%d epochs) first", run_dir, p["num_unlabeled"], p["pre_epochs"])
-    return run_pretrain(pretrain_config(p, unlabeled_list, run_dir, seed))["encoder"]
+    return run_pretrain(pretrain_config(unlabeled_list, run_dir, seed, quick))["encoder"]
 
 
 # The recipe (docs/llm.md, "The toy run", says what mattered). The encoder is the main demo's; the
@@ -260,7 +260,7 @@ def run_llm_demo(out: str = "runs/llm-demo", quick: bool = False, seed: int = 0,
         "train.tensorboard=false", "train.resume=true", "train.save_trainable_only=true", f"train.seed={seed}",
     ]
     model = [
-        f"llm.llm={os.path.join(lm_dir, 'model')}", "llm.video_encoder=videomap_tiny",
+        f"llm.language_model={os.path.join(lm_dir, 'model')}", "llm.video_encoder=videomap_tiny",
         f"llm.video_checkpoint={encoder}",
         f"llm.video_overrides={demo_encoder_overrides(quick)}", f"llm.num_frames={d['frames']}",
         f"llm.img_size={d['size']}",

@@ -9,14 +9,12 @@ the paper's final unmasked epoch starts from the masked run), ``retrieval-eval``
 
 Image and video corpora cannot share a batch (an image is a 1-frame clip). When a job mixes them,
 every step takes one whole batch from one kind, the kinds drawn in proportion to their batch counts
-(UMT's ``MetaLoader``); see :class:`CaptionBatches`.
+(UMT's ``MetaLoader``); see :class:`videomap.vl.data.CaptionBatches`.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -27,44 +25,21 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import JobConfig, VlSection, dump_config
-from ..engine import Trainer, autocast, default_device, is_main_process, resolve_amp
-from ..engine.distributed import broadcast_object
+from ..engine import Trainer, autocast, is_main_process, resolve_amp
+from ..engine.distributed import broadcast_object, resolve_device
 from ..io import read_saved_json, write_json
-from ..seeding import mix_seed, seed_everything
-from .common import output_path
+from ..seeding import seed_everything
+from .common import output_path, restore_config
 
 log = logging.getLogger(__name__)
 
-# VlSection fields that are VideoTextConfig fields (how the model is built and trained)
-MODEL_FIELDS = ("text_encoder", "tokenizer", "local_files_only", "video_encoder", "video_checkpoint",
-                "video_overrides", "num_frames", "img_size", "embed_dim", "temp_init", "fusion_layers",
-                "max_text_len", "vtc", "vtm", "mlm", "uta", "mlm_prob", "vtm_hard_negatives", "video_mask_type",
-                "video_mask_ratio", "image_mask_type", "image_mask_ratio", "uta_teacher", "uta_clip_target",
-                "eval_geometry", "vtc_gather", "uta_student", "keep_temporal", "image_temporal_pos")
-# where a saved model's weights came from: the saved directory carries its own copies
-SOURCE_FIELDS = ("text_encoder", "tokenizer", "video_checkpoint")
-# the shapes of the saved weights: a job cannot change them on a saved model
-ARCHITECTURE_FIELDS = ("video_encoder", "video_overrides", "embed_dim", "fusion_layers")
 # the summary numbers of a retrieval evaluation (logged during training, printed by retrieval-eval)
 SUMMARY_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "mean_r")
-INDEX_MODEL_FILE = "model.json"  # beside a search index: which model directory built it
 
 
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
-def video_text_config(section: VlSection) -> dict[str, Any]:
-    """The ``VideoTextConfig`` fields of a job's ``vl`` section."""
-    out = {name: getattr(section, name) for name in MODEL_FIELDS}
-    out["video_overrides"] = dict(section.video_overrides)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON stores it (tuples become lists), for comparison with a saved config."""
-    return json.loads(json.dumps(value))
-
-
 def _saved_config(directory: str, what: str) -> dict[str, Any]:
     """The ``VideoTextConfig`` fields a saved model was built with; errors name ``what``."""
     from ..vl.model import CONFIG_FILE
@@ -80,36 +55,26 @@ def load_video_text_model(cfg: JobConfig, directory: str | os.PathLike, what: st
                           teacher: bool = True):
     """A saved video-text model with the job's choices applied.
 
-    Of the model keys the job gives (often through a shared base file), the weight sources
-    (``text_encoder``, ``tokenizer``, ``video_checkpoint``) are not used: the directory holds its
-    own. The architecture keys (``video_encoder``, ``video_overrides``, ``embed_dim``,
-    ``fusion_layers``) must agree with the saved model (a conflict is a ``ValueError`` naming both
-    values). Everything else (clip size, text length, loss weights, masks, teacher) overrides the
-    saved value. ``teacher=False`` attaches no teacher (evaluation, search).
+    The saved directory decides the model (:func:`~videomap.tasks.common.restore_config`): of the
+    model keys the job gives (often through a shared base file), the weight sources
+    (``text_encoder``, ``tokenizer``, ``video_checkpoint``) are not used, as the directory holds its
+    own; the model's runtime fields (clip size, text length, loss weights, masks, teacher, training
+    signal, pooling and test geometry) override the saved values; every other field is architecture
+    (``video_encoder``, ``video_overrides``, ``embed_dim``, ``fusion_layers``, and any field not
+    declared runtime) and must agree with the saved model (a conflict is a ``ValueError`` naming
+    both values). ``teacher=False`` attaches no teacher (evaluation, search).
     """
-    from ..vl import VideoTextModel
+    from ..vl import VideoTextConfig, VideoTextModel
 
     directory = os.fspath(directory)
     saved = _saved_config(directory, what)
     section = cfg.vl
-    overrides, conflicts, ignored = {}, [], []
-    for key in MODEL_FIELDS:
-        if not cfg.is_given(f"vl.{key}"):
-            continue
-        value = getattr(section, key)
-        if key in SOURCE_FIELDS:
-            ignored.append(key)
-        elif key in ARCHITECTURE_FIELDS:
-            if key in saved and _plain(value) != _plain(saved[key]):
-                conflicts.append(f"vl.{key} is {value!r} but {directory} holds {saved[key]!r}")
-        else:
-            overrides[key] = value
-    if conflicts:
-        raise ValueError(f"{what}: the job's model conflicts with the saved one: " + "; ".join(conflicts)
-                         + f". Drop those keys (the saved model is used) or point {what} at the model you meant")
-    if ignored:
-        log.info("%s: using the weights saved in %s, not the job's %s", what, directory,
-                 ", ".join(f"vl.{k}" for k in ignored))
+    requested = {k: v for k, v in section.to_dict().items() if cfg.is_given(f"vl.{k}")}
+    overrides = restore_config(saved, requested, runtime=VideoTextConfig.RUNTIME_FIELDS,
+                               sources=VideoTextConfig.SOURCE_FIELDS, checkpoint=directory, prefix="vl.",
+                               keys=f"{what}: the job's vl keys",
+                               advice=f"drop those keys (the saved model is used) or point {what} at the model you "
+                                      "meant")
     try:
         return VideoTextModel.from_pretrained(directory, teacher=teacher, **overrides)
     except ValueError as e:
@@ -118,7 +83,7 @@ def load_video_text_model(cfg: JobConfig, directory: str | os.PathLike, what: st
 
 def build_video_text_model(cfg: JobConfig):
     """The job's model: restored from ``vl.init_from`` or built from the ``vl`` section."""
-    from ..vl import VideoTextConfig, VideoTextModel
+    from ..vl import VideoTextModel
 
     section = cfg.vl
     if section.init_from:
@@ -127,7 +92,7 @@ def build_video_text_model(cfg: JobConfig):
         raise ValueError("vl.text_encoder is not set: give a BERT-class masked language model (a local directory "
                          "or a hub id such as bert-base-uncased), or vl.init_from (a saved video-text model)")
     try:
-        config = VideoTextConfig(**video_text_config(section))
+        config = section.model_config()
     except ValueError as e:
         raise ValueError(f"vl: {e}") from e
     return VideoTextModel.from_config(config)
@@ -136,129 +101,6 @@ def build_video_text_model(cfg: JobConfig):
 # ---------------------------------------------------------------------------------------------
 # training data
 # ---------------------------------------------------------------------------------------------
-class CaptionMix(Dataset):
-    """Several :class:`~videomap.vl.VideoCaptionDataset` corpora as one dataset.
-
-    Video ids are offset per corpus so that the contrastive loss never mistakes two corpora's
-    videos for one; ``index`` is the position in the mix.
-    """
-
-    def __init__(self, datasets: Sequence[Any]) -> None:
-        if not datasets:
-            raise ValueError("CaptionMix needs at least one dataset")
-        self.datasets = list(datasets)
-        self.starts = [0]
-        self.id_offsets = [0]
-        for ds in self.datasets:
-            self.starts.append(self.starts[-1] + len(ds))
-            self.id_offsets.append(self.id_offsets[-1] + ds.num_videos)
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """(corpus, index inside it) of mix item ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} outside the {len(self)} samples of the caption mix")
-        d = bisect.bisect_right(self.starts, index) - 1
-        return d, index - self.starts[d]
-
-    def kind(self, index: int) -> str:
-        """"video" or "image" (an image is a 1-frame clip)."""
-        d, j = self.locate(index)
-        ds = self.datasets[d]
-        return ds.entries[ds.samples[j][0]].kind
-
-    def __getitem__(self, index: int) -> dict:
-        d, j = self.locate(int(index))
-        item = dict(self.datasets[d][j])
-        item["video_id"] = int(item["video_id"]) + self.id_offsets[d]
-        item["index"] = int(item["index"]) + self.starts[d]
-        return item
-
-    def set_epoch(self, epoch: int) -> None:
-        for ds in self.datasets:
-            ds.set_epoch(epoch)
-
-    def bad_samples(self) -> list:
-        return [s for ds in self.datasets for s in ds.bad_samples()]
-
-    def bad_sample_summary(self, limit: int | None = 20) -> str:
-        parts = [f"{ds.json_file}: {ds.bad_sample_summary(limit)}" for ds in self.datasets if ds.bad_samples()]
-        return "\n".join(parts) or "no unreadable samples"
-
-
-def _first(items: list) -> Any:
-    """Collate of :class:`CaptionBatches`: each dataset item already is a batch."""
-    return items[0]
-
-
-class CaptionBatches(Dataset):
-    """Mixed image and video corpora, one item per *batch* of a single kind.
-
-    Why: images (1 frame) and videos cannot be stacked together, and UMT trains every step on one
-    corpus kind (its ``MetaLoader``). Each epoch, every kind's samples are shuffled (from
-    ``(seed, epoch, kind)``) and cut into whole batches of ``batch_size`` (the incomplete rest is
-    dropped, as video-text matching needs at least two pairs); the engine's sampler then shuffles
-    the batches of all kinds together, so the kinds come in proportion to their batch counts. The
-    engine runs on these items with a batch size of 1: its step count, schedule and resumption
-    are right, but its ``clips/s`` counts batches. Under several processes, different processes
-    may draw different kinds in the same step (UMT's loader makes them agree); the gathered
-    contrastive batch then holds both.
-    """
-
-    KINDS = ("video", "image")
-
-    def __init__(self, mix: CaptionMix, batch_size: int, seed: int = 0) -> None:
-        from ..vl.data import collate_captions
-
-        self.mix = mix
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self._collate = collate_captions
-        kinds = [mix.kind(i) for i in range(len(mix))]
-        self.groups = {k: torch.tensor([i for i, kk in enumerate(kinds) if kk == k], dtype=torch.long)
-                       for k in self.KINDS}
-        self.counts = {k: len(g) // self.batch_size for k, g in self.groups.items()}
-        for k, g in self.groups.items():
-            if len(g) and not self.counts[k]:
-                raise ValueError(f"train.batch_size: the {len(g)} {k} sample(s) of vl.train_data give no whole batch "
-                                 f"of {self.batch_size}; use a smaller batch or more data")
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._order: dict[tuple[int, str], torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return sum(self.counts.values())
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-        self.mix.set_epoch(epoch)
-
-    def _shuffled(self, kind: str) -> torch.Tensor:
-        key = (int(self._epoch), kind)
-        if key not in self._order:
-            self._order = {k: v for k, v in self._order.items() if k[0] == key[0]}  # drop older epochs
-            g = torch.Generator().manual_seed(mix_seed(self.seed, key[0], self.KINDS.index(kind)))
-            group = self.groups[kind]
-            self._order[key] = group[torch.randperm(len(group), generator=g)]
-        return self._order[key]
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        for kind in self.KINDS:
-            if index < self.counts[kind]:
-                rows = self._shuffled(kind)[index * self.batch_size:(index + 1) * self.batch_size]
-                return self._collate([self.mix[int(i)] for i in rows])
-            index -= self.counts[kind]
-        raise IndexError(f"batch {index} outside the {len(self)} batches of the caption mix")
-
-    def bad_samples(self) -> list:
-        return self.mix.bad_samples()
-
-    def bad_sample_summary(self, limit: int | None = 20) -> str:
-        return self.mix.bad_sample_summary(limit)
-
-
 @dataclasses.dataclass
 class TrainingData:
     """What :class:`~videomap.engine.Trainer` needs: the dataset, its collate function and the
@@ -282,7 +124,7 @@ def _check_train_files(section: VlSection) -> None:
 def build_training_data(cfg: JobConfig, model) -> TrainingData:
     """The caption corpora of ``vl.train_data``, decoded at the model's clip size and tokenized
     with its tokenizer."""
-    from ..vl.data import VideoCaptionDataset, collate_captions
+    from ..vl.data import CaptionBatches, CaptionMix, VideoCaptionDataset, collate_captions, first_item
 
     section = cfg.vl
     _check_train_files(section)
@@ -304,7 +146,7 @@ def build_training_data(cfg: JobConfig, model) -> TrainingData:
     log.info("images and videos: each step is one batch of %d pairs of one kind (%d video and %d image batches "
              "per epoch); the engine counts batches, so its clips/s are batches/s",
              cfg.train.batch_size, batches.counts["video"], batches.counts["image"])
-    return TrainingData(batches, _first, 1, mixed=True)
+    return TrainingData(batches, first_item, 1, mixed=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,16 +169,22 @@ def make_loss_fn(masked: bool = True):
     return loss_fn
 
 
-def build_retrieval_set(cfg: JobConfig, model):
-    """``vl.eval_json`` as a :class:`~videomap.vl.RetrievalSet` at the model's clip size and text length."""
-    from ..vl import RetrievalSet
-
-    section = cfg.vl
+def _check_eval_json(section: VlSection) -> str:
+    """``vl.eval_json``, which must name an existing file (checked before any model is loaded)."""
     if not section.eval_json:
         raise ValueError("vl.eval_json is not set; give the retrieval test set (a caption JSON such as "
                          "msrvtt_test1k.json) and vl.eval_media_root")
     if not os.path.isfile(section.eval_json):
         raise FileNotFoundError(f"vl.eval_json: {section.eval_json} does not exist")
+    return section.eval_json
+
+
+def build_retrieval_set(cfg: JobConfig, model):
+    """``vl.eval_json`` as a :class:`~videomap.vl.RetrievalSet` at the model's clip size and text length."""
+    from ..vl import RetrievalSet
+
+    section = cfg.vl
+    _check_eval_json(section)
     c = model.config
     return RetrievalSet(section.eval_json, media_root=section.eval_media_root, num_frames=c.num_frames,
                         img_size=c.img_size, max_text_len=c.max_text_len, paragraph=section.paragraph,
@@ -373,8 +221,8 @@ def run_vl_train(cfg: JobConfig) -> dict[str, Any]:
         raise ValueError("vl.eval_json: retrieval during training runs on the first process only, which FSDP "
                          "cannot do; evaluate afterwards with `videomap retrieval-eval`")
     _check_train_files(section)  # before the model is built: a typo fails in a second
-    if section.eval_json and not os.path.isfile(section.eval_json):
-        raise FileNotFoundError(f"vl.eval_json: {section.eval_json} does not exist")
+    if section.eval_json:
+        _check_eval_json(section)
     seed_everything(cfg.train.seed)  # the new heads start the same way every run
     model = build_video_text_model(cfg)
     c = model.config
@@ -407,10 +255,6 @@ def run_vl_train(cfg: JobConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
-def _device(cfg: JobConfig) -> torch.device:
-    return default_device() if cfg.train.device == "auto" else torch.device(cfg.train.device)
-
-
 def run_retrieval_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any]:
     """Zero-shot (or fine-tuned) retrieval of ``checkpoint`` (default ``vl.init_from``) on
     ``vl.eval_json``, with VTM re-ranking of the top ``vl.rerank_k``.
@@ -426,14 +270,10 @@ def run_retrieval_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[st
     if not directory:
         raise ValueError("retrieval-eval needs a trained model: pass --checkpoint (the final/ directory of "
                          "`videomap vl-train`) or set vl.init_from")
-    if not section.eval_json:
-        raise ValueError("vl.eval_json is not set; give the retrieval test set (a caption JSON such as "
-                         "msrvtt_test1k.json) and vl.eval_media_root")
-    if not os.path.isfile(section.eval_json):
-        raise FileNotFoundError(f"vl.eval_json: {section.eval_json} does not exist")
+    _check_eval_json(section)
     model = load_video_text_model(cfg, directory, what="--checkpoint" if checkpoint else "vl.init_from",
                                   teacher=False)
-    device = _device(cfg)
+    device = resolve_device(cfg.train.device)
     model.to(device).eval()
     retrieval_set = build_retrieval_set(cfg, model)
     amp_dtype, _ = resolve_amp(cfg.train.amp, device)
@@ -453,20 +293,6 @@ def run_retrieval_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[st
 # ---------------------------------------------------------------------------------------------
 # search over a folder of videos
 # ---------------------------------------------------------------------------------------------
-def _read_index_model(index_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(index_dir, INDEX_MODEL_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--index: {path} is not valid JSON ({e}); pass --checkpoint to name the model") from e
-    if not isinstance(data, dict) or not isinstance(data.get("checkpoint"), str):
-        raise ValueError(f"--index: {path} does not name the model directory; pass --checkpoint")
-    return data
-
-
 def run_search(index_dir: str, query: str | None = None, videos: str | Sequence[str] | None = None,
                checkpoint: str | None = None, k: int = 5, batch_size: int = 8, rebuild: bool = False,
                device: str = "auto") -> dict[str, Any]:
@@ -480,7 +306,14 @@ def run_search(index_dir: str, query: str | None = None, videos: str | Sequence[
     returned, best first.
     """
     from ..vl import VideoIndex, VideoTextModel
-    from ..vl.index import ModelMismatchError, VideoIndexError, model_identity, video_encoder_fn
+    from ..vl.index import (
+        ModelMismatchError,
+        VideoIndexError,
+        model_identity,
+        read_index_model,
+        video_encoder_fn,
+        write_index_model,
+    )
 
     if k < 1:
         raise ValueError(f"-k: expected a number of results >= 1, got {k}")
@@ -501,7 +334,10 @@ def run_search(index_dir: str, query: str | None = None, videos: str | Sequence[
     if not has_index and not paths:
         raise ValueError(f"--index: no video index in {index_dir} yet; build it first with --videos FOLDER "
                          "--checkpoint MODEL_DIR")
-    recorded = _read_index_model(index_dir) if has_index and not rebuild else None
+    try:
+        recorded = read_index_model(index_dir) if has_index and not rebuild else None
+    except VideoIndexError as e:
+        raise ValueError(f"--index: {e}; pass --checkpoint to name the model") from None
     if checkpoint is None:
         if recorded is None:
             raise ValueError(f"--checkpoint: give the model directory (the final/ directory of `videomap vl-train`)"
@@ -517,7 +353,7 @@ def run_search(index_dir: str, query: str | None = None, videos: str | Sequence[
     checkpoint = os.path.abspath(checkpoint)
     _saved_config(checkpoint, "--checkpoint")  # a clear error for a directory that is not a saved model
     model = VideoTextModel.from_pretrained(checkpoint, teacher=False)
-    dev = default_device() if device == "auto" else torch.device(device)
+    dev = resolve_device(device)
     model.to(dev).eval()
     c = model.config
     model_id = model_identity(checkpoint, num_frames=c.num_frames, img_size=c.img_size)
@@ -534,9 +370,8 @@ def run_search(index_dir: str, query: str | None = None, videos: str | Sequence[
                                   batch_size=batch_size)
         removed = index.remove_missing()
         if is_main_process():
-            write_json(os.path.join(index_dir, INDEX_MODEL_FILE),
-                       {"checkpoint": checkpoint, "model_id": model_id, "num_frames": c.num_frames,
-                        "img_size": c.img_size})
+            write_index_model(index_dir, checkpoint=checkpoint, model_id=model_id, num_frames=c.num_frames,
+                              img_size=c.img_size)
         out.update(added=len(report.added), updated=len(report.updated), unchanged=len(report.unchanged),
                    failed=[{"path": p, "reason": r} for p, r in report.failed], removed=len(removed))
     out["size"] = len(index)

@@ -29,8 +29,8 @@ from typing import Any
 
 from ..config import load_config
 from ..data import SYNTHETIC_CLASSES, make_synthetic_dataset
-from ..engine.threads import configure_threads
 from ..io import write_json, write_text
+from ..threads import configure_threads
 from .demo import demo_params, encoder_overrides, read_clip_list
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,11 @@
 """Video-text models (UMT / VideoMamba multi-modal): a registry video encoder and a BERT-class
 text encoder with cross-attention fusion layers, trained with VTC, VTM, MLM and UTA.
 
+Owns the model (:mod:`.model`, :mod:`.text`), its losses, caption datasets (:mod:`.data`),
+retrieval metrics with VTM re-ranking (:mod:`.retrieval`), the persistent search index
+(:mod:`.index`) and tiny local BERT builders (:mod:`.tiny`); the commands are in
+:mod:`videomap.tasks.vl`.
+
 ::
 
     from videomap.vl import VideoTextConfig, VideoTextModel

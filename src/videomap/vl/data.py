@@ -25,11 +25,12 @@ Text
 Media
     Decoded by :func:`videomap.data.media.load_video` / :func:`~videomap.data.media.load_image` (segment
     sampling; random frame per segment and one random resized crop in ``mode="train"``, segment
-    centres in ``mode="test"``). The retrieval set resizes the whole frame to ``img_size`` square
-    by default, as the authors' evaluation (``video_mm/dataset/__init__.py``, ``test_transform``);
-    ``test_geometry="center_crop"`` takes a short-side resize and a centre crop. An image is a
-    one-frame video ``(3, 1, H, W)``; image and video samples cannot share a batch (``T`` differs),
-    so keep corpora of each kind in their own loader as the authors do.
+    centres and a centre crop in ``mode="test"``). The retrieval set instead resizes the whole frame
+    to ``img_size`` square by default, as the authors' evaluation (``video_mm/dataset/__init__.py``,
+    ``test_transform``); ``test_geometry="center_crop"`` keeps the short-side resize and centre crop.
+    An image is a one-frame video ``(3, 1, H, W)``; image and video samples cannot share a batch
+    (``T`` differs): :class:`CaptionMix` joins several corpora and :class:`CaptionBatches` serves
+    them as whole batches of one kind at a time.
 
 Bad samples (training)
     As :class:`videomap.data.VideoClsDataset`: warned once, recorded in a cross-process
@@ -46,6 +47,7 @@ Determinism
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
@@ -60,21 +62,24 @@ from ..data.dataset import BadDataError, BadSampleBookkeeping
 from ..data.decode import VideoDecodeError
 from ..data.media import TEST_GEOMETRIES, TestGeometry, load_image, load_video
 from ..io import read_json_list
-from ..seeding import sample_seed
+from ..seeding import mix_seed, sample_seed
 
 __all__ = [
+    "CaptionBatches",
     "CaptionEntry",
+    "CaptionMix",
     "MEDIA_TYPES",
     "RetrievalSet",
     "VideoCaptionDataset",
     "clean_caption",
     "collate_captions",
     "collate_retrieval_videos",
+    "first_item",
     "read_caption_file",
     "tokenize_texts",
 ]
 
-logger = logging.getLogger("videomap.data")
+logger = logging.getLogger(__name__)
 
 MODES = ("train", "test")
 MEDIA_TYPES = ("auto", "video", "image")
@@ -172,6 +177,16 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
 
 
+def _check_sizes(num_frames: int, img_size: int, max_text_len: int, max_bad_fraction: float) -> None:
+    """The arguments the training dataset and the retrieval set share, checked one way."""
+    if num_frames < 1 or img_size < 1:
+        raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+    if max_text_len < 2:
+        raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+
+
 def _load_media(path: str, kind: str, num_frames: int, img_size: int, mode: str, generator: torch.Generator | None,
                 min_frames: int, backend: str, short_side: int | None, crop_scale: tuple[float, float],
                 flip: bool, test_geometry: TestGeometry = "center_crop") -> torch.Tensor:
@@ -220,12 +235,7 @@ class VideoCaptionDataset(BadSampleBookkeeping, Dataset):
         bad_sample_dir: str | os.PathLike | None = None,
     ) -> None:
         _check_mode(mode)
-        if num_frames < 1 or img_size < 1:
-            raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
-        if max_text_len < 2:
-            raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        _check_sizes(num_frames, img_size, max_text_len, max_bad_fraction)
         if short_side is not None and short_side < img_size:
             raise ValueError(f"short_side ({short_side}) must be >= img_size ({img_size})")
         self.json_file = os.fspath(json_file)
@@ -359,14 +369,9 @@ class RetrievalSet(Dataset):
         max_bad_fraction: float = 0.1,
         test_geometry: TestGeometry = "full",
     ) -> None:
-        if num_frames < 1 or img_size < 1:
-            raise ValueError(f"num_frames and img_size must be >= 1, got {num_frames} and {img_size}")
+        _check_sizes(num_frames, img_size, max_text_len, max_bad_fraction)
         if test_geometry not in TEST_GEOMETRIES:
             raise ValueError(f"test_geometry: expected one of {', '.join(TEST_GEOMETRIES)}, got {test_geometry!r}")
-        if max_text_len < 2:
-            raise ValueError(f"max_text_len must be >= 2, got {max_text_len}")
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.json_file = os.fspath(json_file)
         self.media_root = os.fspath(media_root)
         self.entries = read_caption_file(self.json_file, self.media_root, media_type)
@@ -468,3 +473,127 @@ def collate_retrieval_videos(items: Sequence[Mapping]) -> dict:
         "valid": torch.tensor([bool(item["valid"]) for item in items], dtype=torch.bool),
         "reasons": [item.get("reason", "") for item in items],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# training mixes of several corpora
+# ---------------------------------------------------------------------------------------------
+class CaptionMix(Dataset):
+    """Several :class:`VideoCaptionDataset` corpora as one dataset.
+
+    Video ids are offset per corpus so that the contrastive loss never mistakes two corpora's
+    videos for one; ``index`` is the position in the mix.
+    """
+
+    def __init__(self, datasets: Sequence[Any]) -> None:
+        if not datasets:
+            raise ValueError("CaptionMix needs at least one dataset")
+        self.datasets = list(datasets)
+        self.starts = [0]
+        self.id_offsets = [0]
+        for ds in self.datasets:
+            self.starts.append(self.starts[-1] + len(ds))
+            self.id_offsets.append(self.id_offsets[-1] + ds.num_videos)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(corpus, index inside it) of mix item ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside the {len(self)} samples of the caption mix")
+        d = bisect.bisect_right(self.starts, index) - 1
+        return d, index - self.starts[d]
+
+    def kind(self, index: int) -> str:
+        """"video" or "image" (an image is a 1-frame clip)."""
+        d, j = self.locate(index)
+        ds = self.datasets[d]
+        return ds.entries[ds.samples[j][0]].kind
+
+    def __getitem__(self, index: int) -> dict:
+        d, j = self.locate(int(index))
+        item = dict(self.datasets[d][j])
+        item["video_id"] = int(item["video_id"]) + self.id_offsets[d]
+        item["index"] = int(item["index"]) + self.starts[d]
+        return item
+
+    def set_epoch(self, epoch: int) -> None:
+        for ds in self.datasets:
+            ds.set_epoch(epoch)
+
+    def bad_samples(self) -> list:
+        return [s for ds in self.datasets for s in ds.bad_samples()]
+
+    def bad_sample_summary(self, limit: int | None = 20) -> str:
+        parts = [f"{ds.json_file}: {ds.bad_sample_summary(limit)}" for ds in self.datasets if ds.bad_samples()]
+        return "\n".join(parts) or "no unreadable samples"
+
+
+def first_item(items: list) -> Any:
+    """Collate of :class:`CaptionBatches`: each dataset item already is a batch."""
+    return items[0]
+
+
+class CaptionBatches(Dataset):
+    """Mixed image and video corpora, one item per *batch* of a single kind.
+
+    Why: images (1 frame) and videos cannot be stacked together, and UMT trains every step on one
+    corpus kind (its ``MetaLoader``). Each epoch, every kind's samples are shuffled (from
+    ``(seed, epoch, kind)``) and cut into whole batches of ``batch_size`` (the incomplete rest is
+    dropped, as video-text matching needs at least two pairs); the engine's sampler then shuffles
+    the batches of all kinds together, so the kinds come in proportion to their batch counts. The
+    engine runs on these items with a batch size of 1: its step count, schedule and resumption
+    are right, but its ``clips/s`` counts batches. Under several processes, different processes
+    may draw different kinds in the same step (UMT's loader makes them agree); the gathered
+    contrastive batch then holds both.
+    """
+
+    KINDS = ("video", "image")
+
+    def __init__(self, mix: CaptionMix, batch_size: int, seed: int = 0) -> None:
+        self.mix = mix
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self._collate = collate_captions
+        kinds = [mix.kind(i) for i in range(len(mix))]
+        self.groups = {k: torch.tensor([i for i, kk in enumerate(kinds) if kk == k], dtype=torch.long)
+                       for k in self.KINDS}
+        self.counts = {k: len(g) // self.batch_size for k, g in self.groups.items()}
+        for k, g in self.groups.items():
+            if len(g) and not self.counts[k]:
+                raise ValueError(f"train.batch_size: the {len(g)} {k} sample(s) of vl.train_data give no whole batch "
+                                 f"of {self.batch_size}; use a smaller batch or more data")
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._order: dict[tuple[int, str], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+        self.mix.set_epoch(epoch)
+
+    def _shuffled(self, kind: str) -> torch.Tensor:
+        key = (int(self._epoch), kind)
+        if key not in self._order:
+            self._order = {k: v for k, v in self._order.items() if k[0] == key[0]}  # drop older epochs
+            g = torch.Generator().manual_seed(mix_seed(self.seed, key[0], self.KINDS.index(kind)))
+            group = self.groups[kind]
+            self._order[key] = group[torch.randperm(len(group), generator=g)]
+        return self._order[key]
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        for kind in self.KINDS:
+            if index < self.counts[kind]:
+                rows = self._shuffled(kind)[index * self.batch_size:(index + 1) * self.batch_size]
+                return self._collate([self.mix[int(i)] for i in rows])
+            index -= self.counts[kind]
+        raise IndexError(f"batch {index} outside the {len(self)} batches of the caption mix")
+
+    def bad_samples(self) -> list:
+        return self.mix.bad_samples()
+
+    def bad_sample_summary(self, limit: int | None = 20) -> str:
+        return self.mix.bad_sample_summary(limit)

@@ -7,6 +7,8 @@ Layout of an index directory::
                                    that could not be read (so they are retried only once changed)
     embeddings-<generation>.safetensors   "embeddings": float32 (N, D), L2-normalised rows
     .lock                          taken by writers (see below)
+    model.json                     the model directory that built the index (written by ``videomap
+                                   search``, read with :func:`read_index_model`)
 
 Why this shape: indexing a folder is slow (every video is decoded and encoded), so a second run must
 embed only files that are new or changed since (size or modification time differ), and an
@@ -38,7 +40,8 @@ import torch.nn.functional as F
 from ..data.annotations import VIDEO_EXTENSIONS
 from ..data.decode import IMAGE_EXTENSIONS, VideoDecodeError
 from ..data.media import load_image, load_video
-from ..io import load_safetensors, save_safetensors, write_json
+from ..engine.distributed import module_device, module_dtype
+from ..io import load_safetensors, read_saved_json, save_safetensors, write_json
 from .losses import video_embedding
 
 try:
@@ -49,17 +52,21 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "AddReport",
     "INDEX_FILE",
+    "MODEL_FILE",
     "ModelMismatchError",
     "VideoIndex",
     "VideoIndexError",
     "find_videos",
     "model_identity",
+    "read_index_model",
     "video_encoder_fn",
+    "write_index_model",
 ]
 
-logger = logging.getLogger("videomap.vl")
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
+MODEL_FILE = "model.json"  # which model directory built the index, so later searches need not name it
 FORMAT = "videomap-video-index"
 VERSION = 1
 EncodeFn = Callable[[list[str]], torch.Tensor]
@@ -135,9 +142,8 @@ def video_encoder_fn(model: Any, num_frames: int = 8, img_size: int = 224, *, de
     """An ``encode_fn`` for :meth:`VideoIndex.add_videos`: decodes the files (test-mode geometry, images as
     one-frame videos) and returns ``model.encode_video``'s embeddings. A file that cannot be read raises
     ``VideoDecodeError`` (the index then retries the batch file by file)."""
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    dev = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
-    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    dev = torch.device(device) if device is not None else module_device(model)
+    dtype = module_dtype(model)
 
     def encode(paths: list[str]) -> torch.Tensor:
         clips = [load_image(p, img_size, "test").unsqueeze(1) if p.lower().endswith(IMAGE_EXTENSIONS)
@@ -150,6 +156,28 @@ def video_encoder_fn(model: Any, num_frames: int = 8, img_size: int = 224, *, de
         return video_embedding(embed.detach().float()).cpu()
 
     return encode
+
+
+def read_index_model(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The model record of the index in ``directory`` (``{"checkpoint": model directory, "model_id",
+    ...}``, see :func:`write_index_model`); ``None`` when there is none. A damaged record is a
+    :class:`VideoIndexError`: guessing the model would mix embedding spaces."""
+    path = os.path.join(os.fspath(directory), MODEL_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        data = read_saved_json(directory, MODEL_FILE, "`videomap search`", required=())
+    except ValueError as e:
+        raise VideoIndexError(str(e)) from None
+    if not isinstance(data.get("checkpoint"), str):
+        raise VideoIndexError(f"{path} does not name the model directory (expected a \"checkpoint\" string)")
+    return data
+
+
+def write_index_model(directory: str | os.PathLike, checkpoint: str, **details: Any) -> None:
+    """Record beside the index which model directory (``checkpoint``) built it, with ``details``
+    such as the model identity and clip size; written atomically."""
+    write_json(os.path.join(os.fspath(directory), MODEL_FILE), {"checkpoint": checkpoint, **details})
 
 
 def _stat(path: str) -> tuple[int, int] | None:

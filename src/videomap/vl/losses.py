@@ -35,21 +35,24 @@ and every consumer (VTC, hard negatives, retrieval) takes dot products as before
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from ..pretrain.objectives import alignment_loss
 from ..pretrain.teachers import TeacherOutput, clip_level_cls
 
 __all__ = [
-    "GATHER_GRADS", "IGNORE_INDEX", "TEMP_RANGE", "gather_features", "gather_ids", "mlm_mask", "positive_mask",
-    "sample_negatives", "uta_loss", "video_embedding", "vtc_loss", "vtm_labels",
+    "GATHER_GRADS", "IGNORE_INDEX", "TEMP_RANGE", "GatherGrad", "gather_features", "gather_ids", "mlm_mask",
+    "positive_mask", "sample_negatives", "uta_loss", "video_embedding", "vtc_loss", "vtm_labels",
 ]
 
 TEMP_RANGE = (0.001, 0.5)  # UMT clip_contrastive_temperature(min_val=0.001, max_val=0.5)
-IGNORE_INDEX = -100
-GATHER_GRADS = ("full", "released")
+GatherGrad = Literal["full", "released"]  # the gradient through the gather (gather_features)
+GATHER_GRADS: tuple[str, ...] = get_args(GatherGrad)
 
 
 def _world() -> int:
@@ -88,7 +91,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.start: ctx.start + ctx.rows], None
 
 
-def gather_features(x: torch.Tensor, grad: str = "full") -> torch.Tensor:
+def gather_features(x: torch.Tensor, grad: GatherGrad = "full") -> torch.Tensor:
     """Concatenate ``x`` (N_local, ...) from every process along dim 0, in rank order, with the
     gradient flowing back to the local rows: summed over processes (``grad="full"``) or this
     process's only (``"released"``); see the module docstring for the scales. Identity without a
@@ -136,7 +139,7 @@ def _check_pair(v: torch.Tensor, t: torch.Tensor) -> None:
 
 
 def vtc_loss(v: torch.Tensor, t: torch.Tensor, temp: torch.Tensor | float, gather: bool = True,
-             idx: torch.Tensor | None = None, gather_grad: str = "full") -> torch.Tensor:
+             idx: torch.Tensor | None = None, gather_grad: GatherGrad = "full") -> torch.Tensor:
     """Symmetric InfoNCE between video features ``v`` (B, D), or per-frame (B, T, D) (similarities
     averaged over frames), and text features ``t`` (B, D); pair ``i`` is (v[i], t[i]). Features are
     L2-normalised here (a no-op for normalised inputs).

@@ -22,33 +22,27 @@ there). Images are 1-frame clips ``(B, 3, 1, H, W)``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import IGNORE_INDEX
 from ..data.media import TestGeometry
 from ..models import VideoBackbone, create_model, list_models, load_pretrained
 from ..models.base import WrapsBackbone
 from ..models.weights import read_checkpoint
-from ..pretrain.masking import MASK_TYPES, MaskGenerator
+from ..pretrain.masking import MASK_TYPES, MaskGenerator, MaskType
+from ..pretrain.model import ALIGN_STUDENTS, AlignStudent, align_teacher_time
 from ..pretrain.objectives import AlignHead
-from ..pretrain.teachers import CLIP_TARGETS, Teacher, TeacherOutput, as_teacher, build_teacher
-from .losses import (
-    IGNORE_INDEX,
-    TEMP_RANGE,
-    mlm_mask,
-    sample_negatives,
-    uta_loss,
-    video_embedding,
-    vtc_loss,
-    vtm_labels,
-)
+from ..pretrain.teachers import CLIP_TARGETS, ClipTarget, Teacher, TeacherOutput, as_teacher, build_teacher
+from .losses import TEMP_RANGE, GatherGrad, mlm_mask, sample_negatives, uta_loss, video_embedding, vtc_loss, vtm_labels
 from .text import TextSide, load_text_model
 
 log = logging.getLogger(__name__)
@@ -61,11 +55,10 @@ TEXT_DIR = "text"
 VIDEO_DIR = "video_encoder"
 LOSS_NAMES = ("vtc", "vtm", "mlm", "uta")
 PIXEL_TEACHERS = ("pixel", "pixel_motion")
-VtcGather = Literal["full", "released"]
-UtaStudent = Literal["output", "pre_last_block"]
-# the choice-valued fields and their choices, checked in __post_init__
-_CHOICES = {"eval_geometry": get_args(TestGeometry), "vtc_gather": get_args(VtcGather),
-            "uta_student": get_args(UtaStudent)}
+# the choice-valued fields and their choices, checked in validate() (UTA reads the student stream at
+# the points the masked pre-training's alignment offers)
+_CHOICES = {"eval_geometry": get_args(TestGeometry), "vtc_gather": get_args(GatherGrad),
+            "uta_student": ALIGN_STUDENTS}
 
 
 @dataclass
@@ -100,6 +93,11 @@ class VideoTextConfig:
       similarities, as the authors' ``keep_temporal=True``; False pools the whole clip;
     - ``image_temporal_pos``: add the temporal position embedding to images (1-frame clips);
       the released code does not (``use_image``).
+
+    Restoring a saved model under a job (:func:`videomap.tasks.common.restore_config`): the
+    :attr:`RUNTIME_FIELDS` may differ from the saved values, the :attr:`SOURCE_FIELDS` name where
+    weights came from (the saved directory holds its own), every other field is architecture and
+    must match. A new field therefore counts as architecture unless it is listed here.
     """
 
     text_encoder: str
@@ -107,7 +105,7 @@ class VideoTextConfig:
     local_files_only: bool = True
     video_encoder: str = "videomamba_middle"
     video_checkpoint: str | None = None
-    video_overrides: dict = field(default_factory=dict)
+    video_overrides: dict[str, Any] = field(default_factory=dict)
     num_frames: int = 8
     img_size: int = 224
     embed_dim: int = 512
@@ -120,22 +118,39 @@ class VideoTextConfig:
     uta: float = 1.0
     mlm_prob: float = 0.5
     vtm_hard_negatives: bool = True
-    video_mask_type: str = "attention"
+    video_mask_type: MaskType = "attention"
     video_mask_ratio: float = 0.8
-    image_mask_type: str = "attention"
+    image_mask_type: MaskType = "attention"
     image_mask_ratio: float = 0.5
     uta_teacher: str = "pixel"
-    uta_clip_target: str = "videomamba"
+    uta_clip_target: ClipTarget = "videomamba"
     eval_geometry: TestGeometry = "full"
-    vtc_gather: VtcGather = "full"
-    uta_student: UtaStudent = "output"
+    vtc_gather: GatherGrad = "full"
+    uta_student: AlignStudent = "output"
     keep_temporal: bool = False
     image_temporal_pos: bool = True
 
+    # what a saved model may be run or trained further with: clip size, text length, the losses
+    # and their masks, teacher and training signal, the test geometry and how embeddings are
+    # pooled and compared (the saved heads and encoders do not depend on them)
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "local_files_only", "num_frames", "img_size", "temp_init", "max_text_len", "vtc", "vtm", "mlm", "uta",
+        "mlm_prob", "vtm_hard_negatives", "video_mask_type", "video_mask_ratio", "image_mask_type",
+        "image_mask_ratio", "uta_teacher", "uta_clip_target", "eval_geometry", "vtc_gather", "uta_student",
+        "keep_temporal", "image_temporal_pos"})
+    # where the weights came from: a saved model carries its own copies
+    SOURCE_FIELDS: ClassVar[frozenset[str]] = frozenset({"text_encoder", "tokenizer", "video_checkpoint"})
+
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, require_text_encoder: bool = True) -> None:
+        """Check every field; ``require_text_encoder=False`` lets a job leave the text encoder to
+        ``init_from``."""
         for name in ("text_encoder", "tokenizer", "video_checkpoint", "uta_teacher"):
             value = getattr(self, name)
-            if value is None and name in ("tokenizer", "video_checkpoint"):
+            if value is None and (name in ("tokenizer", "video_checkpoint")
+                                  or (name == "text_encoder" and not require_text_encoder)):
                 continue
             if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
                 what = ("'none', 'pixel', 'pixel_motion' or a CLIP directory / hub id" if name == "uta_teacher"
@@ -196,7 +211,8 @@ class VideoTextConfig:
         return self.uta_teacher != "none" and (self.uta > 0 or attention)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The model fields as plain values (a job section that extends this class leaves its own out)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(VideoTextConfig)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoTextConfig:
@@ -267,15 +283,6 @@ def build_uta_teacher(cfg: VideoTextConfig) -> Teacher | None:
         return build_teacher(cfg.uta_teacher)
     return build_teacher("clip", clip_model=cfg.uta_teacher, local_files_only=cfg.local_files_only,
                          clip_target=cfg.uta_clip_target)
-
-
-def _align_teacher_time(x: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """Average teacher frames over each tubelet when the student merges frames (tubelet > 1)."""
-    if x is None or x.shape[1] == t:
-        return x
-    if x.shape[1] % t:
-        raise ValueError(f"teacher has {x.shape[1]} frames, not a multiple of the student's {t} token frames")
-    return x.reshape(x.shape[0], t, x.shape[1] // t, *x.shape[2:]).mean(2)
 
 
 class VideoTextModel(WrapsBackbone, nn.Module):
@@ -505,8 +512,8 @@ class VideoTextModel(WrapsBackbone, nn.Module):
             if next(iter(teacher.buffers()), videos).device != videos.device:
                 teacher.to(videos.device)
             tout = teacher(videos, grid[1:])
-            patch = _align_teacher_time(tout.patch, grid[0])
-            attn = _align_teacher_time(tout.attn, grid[0])
+            patch = align_teacher_time(tout.patch, grid[0])
+            attn = align_teacher_time(tout.attn, grid[0])
         mask = masker(videos.shape[0], grid, attn=attn, device=videos.device) if use_mask else None
         return tout, patch, mask
 

@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..engine.distributed import module_device, module_dtype
 from ..io import write_json
 from .data import RetrievalSet, collate_retrieval_videos
 from .losses import video_embedding
 
 __all__ = ["best_match_ranks", "evaluate_retrieval", "rerank_with_vtm", "retrieval_metrics"]
 
-logger = logging.getLogger("videomap.vl")
+logger = logging.getLogger(__name__)
 
 GroundTruth = Sequence[int | Sequence[int]] | Mapping[int, int | Sequence[int]]
 
@@ -151,16 +152,6 @@ def rerank_with_vtm(sim: torch.Tensor, score_fn: Callable[[int, torch.Tensor], t
 # ---------------------------------------------------------------------------------------------
 # evaluation loop
 # ---------------------------------------------------------------------------------------------
-def _device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
-    try:
-        params = list(model.parameters())
-    except AttributeError:
-        params = []
-    floating = [p for p in params if p.is_floating_point()]
-    device = params[0].device if params else torch.device("cpu")
-    return device, (floating[0].dtype if floating else torch.float32)
-
-
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, n, size):
         yield start, min(n, start + size)
@@ -200,8 +191,8 @@ def evaluate_retrieval(
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("evaluate_retrieval needs a tokenizer: the model has no .tokenizer and none was passed")
-    model_device, dtype = _device_and_dtype(model)
-    device = torch.device(device) if device is not None else model_device
+    dtype = module_dtype(model)
+    device = torch.device(device) if device is not None else module_device(model)
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()

@@ -15,19 +15,52 @@ an evaluation process, another user):
 Passive waiting is not free: alone on the machine, spinning threads train about a quarter faster
 here (docs/performance.md). So the ``videomap`` command measures, before anything imports torch,
 whether other work already keeps CPUs busy and only then sets ``OMP_WAIT_POLICY=PASSIVE``
-(``videomap.cli.set_wait_policy``); a neighbour that starts later is not seen. It calls
-:func:`configure_threads` for each job. Library users export the variable themselves (or set
-``os.environ`` before ``import torch``) and call :func:`configure_threads`. Explicit settings
-win: an ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` already in the environment, or
-``train.threads`` in a job.
+(:func:`set_wait_policy`); a neighbour that starts later is not seen. It calls
+:func:`configure_threads` for each job. Library users (and the benchmarks) call
+:func:`set_wait_policy` or export the variable themselves before ``import torch``, then call
+:func:`configure_threads`. Explicit settings win: an ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS``
+already in the environment, or ``train.threads`` in a job.
+
+This module imports no torch (and sits outside ``engine/``, whose package imports torch), so
+the wait policy can be chosen before the OpenMP runtime is loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger(__name__)
+
+
+def busy_cpus(interval: float = 0.2) -> float:
+    """How many CPUs other work keeps busy right now (from /proc/stat over ``interval``); 0 where
+    that cannot be read. Reads no torch, so it can run before OpenMP is loaded."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(interval)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (1.0 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+
+
+def set_wait_policy() -> str:
+    """Pick OpenMP's wait policy before torch loads it (it is read once, at start-up).
+
+    Spinning threads are fastest on an idle machine but collapse next to a busy neighbour
+    (docs/performance.md measures both), so: ``PASSIVE`` when other work already keeps at least
+    half a CPU busy, the runtime's default otherwise. A value the user exported wins. A neighbour
+    that starts later is not seen."""
+    if "OMP_WAIT_POLICY" not in os.environ and busy_cpus() >= 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "default")
 
 
 def available_cpus() -> int:
