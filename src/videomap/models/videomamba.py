@@ -38,13 +38,17 @@ class VideoMamba(VideoBackbone):
         keep_dt_bias_init: keep Mamba's dt-bias initialisation. VideoMamba's and MAP's released
             code re-initialise every Linear bias to zero, which also wipes it (initial
             delta = softplus(0)); the default False reproduces that.
+        mixer_recompute: in training, the Mamba blocks keep only their input, the merged mixer
+            output and the scans' chunk carries for backward and recompute the rest (see
+            :class:`~videomap.layers.MambaBlock`); False stores every intermediate as plain
+            autograd does (same gradients to rounding, several times the memory).
     """
 
     def __init__(self, depth: int = 24, embed_dim: int = 192, attn_every: int = 0,
                  attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
                  drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,
                  attn_wiring: AttnWiring = "residual", keep_dt_bias_init: bool = False,
-                 **kwargs) -> None:
+                 mixer_recompute: bool = True, **kwargs) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)
         if attn_wiring not in ATTN_WIRINGS:
             raise ValueError(f"attn_wiring: expected one of {ATTN_WIRINGS}, got {attn_wiring!r}")
@@ -70,7 +74,8 @@ class VideoMamba(VideoBackbone):
             if kind == "a":
                 pre_attn_rate.append(dpr[p - 1])
         self.layers = nn.ModuleList(
-            MambaBlock(embed_dim, drop_path=in_rate[i], norm_eps=norm_eps, d_state=d_state, merge=merge)
+            MambaBlock(embed_dim, drop_path=in_rate[i], norm_eps=norm_eps, recompute=mixer_recompute,
+                       d_state=d_state, merge=merge)
             for i in range(depth)
         )
         attn_pos = [p for p, (kind, _) in enumerate(plan) if kind == "a"]
