@@ -158,6 +158,46 @@ def counts_case(frames: int, size: int, size_m: int) -> dict:
     return {"rows": rows}
 
 
+def sac_case(frames: int, size: int, n_blocks: int = 4) -> dict:
+    """Memory kept after the forward of ``n_blocks`` videomamba_tiny blocks, per token, channel and
+    block: plain autograd, PyTorch's selective activation checkpointing with a policy that keeps
+    the scan operator's outputs and recomputes everything else, and the recomputing block."""
+    import functools
+
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    from videomap.layers import MambaBlock
+
+    def policy(ctx, op, *args, **kwargs):
+        keep = op is torch.ops.videomap.selective_scan_fwd.default
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    torch.manual_seed(0)
+    d, tokens = 192, 1 + frames * (size // 16) ** 2
+    blocks = [MambaBlock(d) for _ in range(n_blocks)]
+    kept: dict[str, list[float]] = {"plain": [], "selective checkpointing": [], "recomputing block": []}
+    for _ in range(2):  # the first round warms up
+        for mode, values in kept.items():
+            x = torch.randn(1, tokens, d, requires_grad=True)
+            gc.collect()
+            _malloc_trim()
+            base = rss_kib()[0]
+            h, r = x, None
+            for b in blocks:
+                b.recompute = mode == "recomputing block"
+                if mode == "selective checkpointing":
+                    ctx = functools.partial(create_selective_checkpoint_contexts, policy)
+                    h, r = checkpoint(b, h, r, use_reentrant=False, context_fn=ctx)
+                else:
+                    h, r = b(h, r)
+            loss = (h + r).sum()
+            values.append((rss_kib()[0] - base) * 1024 / (4 * tokens * d * n_blocks))
+            loss.backward()
+            del loss, h, r, x
+    return {"tokens": tokens, "blocks": n_blocks, "kept": {k: v[-1] for k, v in kept.items()}}
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _child(args: argparse.Namespace, *extra: str) -> list[str]:
     return [sys.executable, __file__, "--frames", str(args.frames), "--size", str(args.size),
@@ -181,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         if args.case == "time":
             print(json.dumps(time_case(args.time_frames, args.time_size, args.repeats)))
+        elif args.case == "sac":
+            print(json.dumps(sac_case(args.frames, args.size)))
         elif args.case == "counts":
             print(json.dumps(counts_case(args.frames, args.size, args.size_m)))
         else:
@@ -191,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     counts = run_json_case(_child(args, "--case", "counts"), env, "saved-value counts")["rows"]
     mem_env = {**env, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    sac = run_json_case(_child(args, "--case", "sac"), mem_env, "selective checkpointing")
+    print("kept after forward, values per token, channel and block: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in sac["kept"].items()), flush=True)
     mem: dict[tuple[str, str], dict] = {}
     for pair, cases in PAIRS.items():
         size = args.size if pair == "tiny" else args.size_m
@@ -205,13 +250,16 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio {timing['ratio']:.2f}", flush=True)
 
     table, verdicts = report(args, mem, counts, timing)
+    verdicts += (f"\n- kept after the forward of {sac['blocks']} videomamba_tiny blocks at {sac['tokens']} tokens, "
+                 "in fp32 values per token, channel and block (resident memory): "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in sac["kept"].items()))
     print("\n" + table + "\n\n" + verdicts)
     machine = machine_summary()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_memory.json").write_text(json.dumps(
         {"memory": [{"spec": s, "path": p, **r} for (s, p), r in mem.items()], "counts": counts, "time": timing,
-         "args": vars(args), "machine": machine, "load": load_average()}, indent=1))
+         "sac": sac, "args": vars(args), "machine": machine, "load": load_average()}, indent=1))
     plot(mem, args, out / "train_memory.png")
     if args.write_doc:
         cmd = (f"flock /tmp/videomap-bench.lock python benchmarks/train_memory.py --frames {args.frames} "
@@ -221,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"The VideoMAP-M / UMT-B pair runs at {args.size_m}² to keep the run short: saved activations "
                  "of Mamba blocks and of fused attention grow linearly with the token count, so that ratio "
                  "carries over to larger clips; the math-attention one grows with it (its matrix is quadratic).\n\n")
-        body = f"`{cmd}` {run_context(machine)}:\n\n{table}\n\n{verdicts}\n\n{scale}{DOC_NOTES}"
+        body = f"`{cmd}` {run_context(machine, _cpu_features())}:\n\n{table}\n\n{verdicts}\n\n{scale}{DOC_NOTES}"
         update_doc_section(REPO / "docs" / "performance.md", "## Training memory", body)
     return 0
 
@@ -237,8 +285,9 @@ The plain path instead keeps the norm's intermediates, `x`, `z`, each direction'
 and output, `u`, `delta`, `z` (flipped for the backward direction) and the projections' inputs.
 A custom function was chosen over selective activation checkpointing
 (`torch.utils.checkpoint.create_selective_checkpoint_contexts` with a policy that keeps the scan
-outputs): that keeps the block's two inputs and both directions' scan outputs, about 7 values per
-token and channel instead of 4, which would miss the VideoMAP-M target. Gradients agree with the
+operator's outputs and recomputes the rest): that keeps the block's two inputs and both
+directions' scan outputs, about 7 values per token and channel instead of 4 (the last line above),
+which would miss the VideoMAP-M target. Gradients agree with the
 plain path within 1e-6 (the forward is bit-identical; only the order of a few sums differs:
 `tests/test_mixer.py::test_recomputing_mixer_gives_the_plain_gradients`). The plain path stays
 available as `create_model(..., mixer_recompute=False)` (or `block.recompute = False`);
@@ -248,6 +297,15 @@ with either.
 The ViT columns: "fused" is PyTorch's default attention kernel on this CPU, which saves q, k, v,
 the output and a log-sum-exp, not the attention matrix; "math" stores the (heads, L, L) matrix,
 which is what the older UMT code paths do on GPUs without a fused kernel."""
+
+
+def _cpu_features() -> str:
+    """AMX / AVX-512 support from /proc/cpuinfo: what the fp32 and bf16 matmuls can use here."""
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return ""
+    return ", ".join(name for flag, name in (("amx_bf16", "AMX-bf16"), ("avx512f", "AVX-512")) if flag in flags)
 
 
 def _ratio(a: dict, b: dict) -> float | None:
