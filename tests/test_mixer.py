@@ -107,3 +107,82 @@ def test_fused_conv_silu_kernel_matches_pytorch(dtype, reverse):
     assert not conv._kernel_applies(xg, w)
     conv.causal_conv1d_silu(xg, w, b, reverse=True).sum().backward()
     assert xg.grad is not None
+
+
+# --- training path that recomputes the mixer in backward (MambaBlock.recompute) -------------------
+def _step_grads(name: str, recompute: bool, amp: bool = False, **kw):
+    from tests.helpers import tiny_model
+
+    torch.manual_seed(0)
+    m = tiny_model(name, num_classes=3, drop_path_rate=0.3, mixer_recompute=recompute, **kw).train()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 4, 32, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = m(x)
+    out.float().square().sum().backward()
+    return out, {"input": x.grad, **{k: p.grad for k, p in m.named_parameters()}}
+
+
+@pytest.mark.parametrize("name,kw", [("videomamba_tiny", {}), ("videomap_tiny", {}),
+                                     ("videomap_tiny", {"attn_wiring": "branch"})])
+def test_recomputing_mixer_gives_the_plain_gradients(name, kw):
+    """Same forward bit for bit; every parameter's and the input's gradient within 1e-6, and within
+    1e-5 of its own largest entry (only the order of a few sums differs)."""
+    out, got = _step_grads(name, True, **kw)
+    ref, want = _step_grads(name, False, **kw)
+    assert torch.equal(out, ref)
+    assert got.keys() == want.keys()
+    for k, w in want.items():
+        assert got[k] is not None and w is not None, k
+        err = (got[k] - w).abs().max()
+        assert err <= 1e-6 and err <= 1e-5 * w.abs().max(), (k, err)
+
+
+def test_recomputing_mixer_under_bf16_autocast_matches_the_plain_path():
+    """Backward recomputes under the forward's autocast state: the bf16 operations are the same."""
+    out, got = _step_grads("videomap_tiny", True, amp=True)
+    ref, want = _step_grads("videomap_tiny", False, amp=True)
+    assert torch.equal(out, ref)
+    for k, w in want.items():
+        assert torch.isfinite(got[k]).all(), k
+        assert (got[k] - w).abs().max() <= 1e-2 * w.abs().max(), k
+
+
+def test_recomputing_mixer_keeps_frozen_parameters_frozen():
+    from tests.helpers import tiny_model
+
+    m = tiny_model("videomamba_tiny", num_classes=3).train()
+    frozen = [m.layers[0].norm.weight, m.layers[0].mixer.in_proj.weight, m.layers[1].mixer.A_b_log]
+    for p in frozen:
+        p.requires_grad_(False)
+    m(torch.randn(1, 3, 4, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in frozen)
+    assert m.layers[0].mixer.conv1d_b.weight.grad is not None and m.layers[1].mixer.A_log.grad is not None
+
+
+@pytest.mark.parametrize("d,seqlen,bidirectional", [(32, 200, True), (48, 333, True), (32, 130, False)])
+def test_recomputing_mixer_saves_only_input_output_and_carries(d, seqlen, bidirectional):
+    """Saved bytes per block, counted with saved-tensor hooks: the plain path keeps the
+    convolutions, projections and scan inputs of both directions; the recomputing path at most
+    its input (d), the merged output (E) and the scan's chunk carries."""
+    from videomap.engine.memory import saved_tensor_bytes
+    from videomap.layers import MambaBlock
+    from videomap.ops import cpu_build
+    from videomap.ops.cpu_scan import carries_numel
+
+    kern = cpu_build.get_kernel()
+    if kern is None:
+        pytest.skip("C kernel unavailable")
+    torch.manual_seed(0)
+    blk = MambaBlock(d, bidirectional=bidirectional)
+    e, n = blk.mixer.d_inner, blk.mixer.d_state
+    x = torch.randn(1, seqlen, d, requires_grad=True)
+    saved = {}
+    for recompute in (False, True):
+        blk.recompute = recompute
+        saved[recompute] = saved_tensor_bytes(lambda: blk(x), exclude=blk.parameters())
+    directions = 2 if bidirectional else 1
+    bound = 4 * (seqlen * (d + e) + directions * carries_numel(kern.chunk, 1, e, seqlen, n))
+    assert saved[True] <= bound, (saved, bound)
+    # the plain path keeps at least u, delta, z per direction and the conv input besides
+    assert saved[False] >= 4 * seqlen * e * (3 * directions + 1) > saved[True]

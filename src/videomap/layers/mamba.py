@@ -71,11 +71,33 @@ class BiMamba(nn.Module):
             setattr(self, "A_log" if sfx == "" else "A_b_log", a_log)
             setattr(self, f"D{sfx}", d)
 
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, sfx: str, reverse: bool = False) -> torch.Tensor:
-        """One Mamba pass over contiguous (B, E, L) inputs; returns the gated SSM output (B, E, L).
+    def _directions(self) -> tuple[tuple[str, bool], ...]:
+        """(parameter suffix, scans backwards in time) per direction."""
+        return (("", False), ("_b", True)) if self.bidirectional else (("", False),)
 
-        ``reverse``: scan backwards in time. x is given in forward order (the convolution reads it
-        reversed), z must already be reversed, and the output is in reversed order.
+    def direction_params(self, sfx: str) -> list[nn.Parameter]:
+        """The parameters one direction owns (``in_proj`` and ``out_proj`` are shared)."""
+        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
+        return [p for p in (conv.weight, conv.bias, getattr(self, f"x_proj{sfx}").weight,
+                            getattr(self, f"dt_proj{sfx}").weight, getattr(self, f"dt_proj{sfx}").bias,
+                            self.A_log if sfx == "" else self.A_b_log, getattr(self, f"D{sfx}")) if p is not None]
+
+    def in_projection(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, L, d_model) -> x, z, each a contiguous (B, E, L)."""
+        ht = hidden.transpose(1, 2)  # (B, d, L) view; the matmuls below read it without a copy
+        w = self.in_proj.weight
+        x, z = left_matmul(w[: self.d_inner], ht), left_matmul(w[self.d_inner:], ht)  # (B, E, L) each
+        if self.in_proj.bias is not None:
+            x = x + self.in_proj.bias[: self.d_inner, None].to(x.dtype)
+            z = z + self.in_proj.bias[self.d_inner:, None].to(z.dtype)
+        return x, z
+
+    def _scan_args(self, x: torch.Tensor, z: torch.Tensor, sfx: str, reverse: bool,
+                   fused: bool = True) -> tuple[torch.Tensor, ...]:
+        """The selective-scan inputs ``(u, delta, A, B, C, D, z, delta_bias)`` of one direction.
+
+        ``reverse``: scan backwards in time. x and z are given in forward order (the convolution
+        reads x reversed, z is flipped here); the scan's output is then in reversed order.
 
         Projections multiply the weight from the left so that every (B, channels, L) tensor is
         produced contiguous: at long L, layout copies otherwise cost more than the scan itself.
@@ -85,27 +107,75 @@ class BiMamba(nn.Module):
         dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
         a_log = self.A_log if sfx == "" else self.A_b_log
         d = getattr(self, f"D{sfx}")
-        x = ops.causal_conv1d_silu(x, conv.weight, conv.bias, reverse=reverse)  # causal: left context only
-        x_dbl = left_matmul(x_proj.weight, x)  # (B, R + 2N, L)
+        # causal: left context only
+        u = ops.causal_conv1d_silu(x, conv.weight, conv.bias, reverse=reverse, fused=fused)
+        x_dbl = left_matmul(x_proj.weight, u)  # (B, R + 2N, L)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = left_matmul(dt_proj.weight, dt)  # (B, E, L); the bias goes into the scan
         a = -torch.exp(a_log.float())
-        return ops.selective_scan(
-            x, delta, a, b, c, d.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
-        )
+        return u, delta, a, b, c, d.float(), z.flip(-1) if reverse else z, dt_proj.bias.float()
+
+    def _merge(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        """Per-direction scan outputs (each in its own time order) -> the (B, E, L) sum or mean."""
+        y = outs[0]
+        if self.bidirectional:
+            y = y + outs[1].flip(-1)
+            if self.merge == "mean":
+                y = y * 0.5
+        return y
+
+    def out_projection(self, y: torch.Tensor) -> torch.Tensor:
+        """Merged output (B, E, L) -> (B, L, d_model)."""
+        return self.out_proj(y.transpose(1, 2))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model)."""
-        ht = hidden.transpose(1, 2)  # (B, d, L) view; the matmuls below read it without a copy
-        w = self.in_proj.weight
-        x, z = left_matmul(w[: self.d_inner], ht), left_matmul(w[self.d_inner:], ht)  # (B, E, L) each
-        if self.in_proj.bias is not None:
-            x = x + self.in_proj.bias[: self.d_inner, None].to(x.dtype)
-            z = z + self.in_proj.bias[self.d_inner:, None].to(z.dtype)
-        y = self._direction(x, z, "")
-        if self.bidirectional:
-            y_b = self._direction(x, z.flip(-1), "_b", reverse=True).flip(-1)
-            y = y + y_b
-            if self.merge == "mean":
-                y = y * 0.5
-        return self.out_proj(y.transpose(1, 2))
+        x, z = self.in_projection(hidden)
+        outs = [ops.selective_scan(*self._scan_args(x, z, sfx, reverse), delta_softplus=True)
+                for sfx, reverse in self._directions()]
+        return self.out_projection(self._merge(outs))
+
+    # ---------------------------------------------------------------- training with less saved
+    def forward_saving_carries(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Without autograd: the merged output (B, E, L) before ``out_proj`` and, per direction, the
+        scan's chunk carries, all that :meth:`backward_from_carries` needs besides ``hidden``.
+
+        Runs exactly the operations of :meth:`forward` (the PyTorch convolution, not the fused
+        inference kernel), so that the recomputation in backward reproduces them bit for bit."""
+        x, z = self.in_projection(hidden)
+        outs, carries = [], []
+        for sfx, reverse in self._directions():
+            inputs = self._scan_args(x, z, sfx, reverse, fused=False)
+            out, carry = ops.scan_forward_saving(ops.scan_arguments(*inputs, save=True), True)
+            outs.append(out.to(inputs[0].dtype))
+            carries.append(carry)
+        return self._merge(outs), carries
+
+    def backward_from_carries(self, x: torch.Tensor, z: torch.Tensor, carries: list[torch.Tensor],
+                              dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                         dict[int, torch.Tensor]]:
+        """Gradients of x, z (the in-projection's outputs, leaves that require grad) and of the
+        direction parameters (keyed by ``id``), given the gradient ``dy`` of the merged output.
+
+        Each direction's convolution and projections are recomputed from x, one direction at a
+        time, and the scan's backward runs from the carries of :meth:`forward_saving_carries`."""
+        if self.bidirectional and self.merge == "mean":
+            dy = dy * 0.5
+        dx = dz = None
+        grads: dict[int, torch.Tensor] = {}
+        for (sfx, reverse), carry in zip(self._directions(), carries, strict=True):
+            params = [p for p in self.direction_params(sfx) if p.requires_grad]
+            with torch.enable_grad():
+                args = ops.scan_arguments(*self._scan_args(x, z, sfx, reverse, fused=False), save=True)
+            dargs = ops.scan_backward_saved(args, True, carry, dy.flip(-1) if reverse else dy)
+            outs = [(a, g) for a, g in zip(args, dargs, strict=True) if a is not None and a.requires_grad]
+            wrt = [t for t in (x, z) if t.requires_grad] + params
+            got = torch.autograd.grad([a for a, _ in outs], wrt, [g for _, g in outs], allow_unused=True)
+            for t, g in zip(wrt, got, strict=True):
+                if t is x:
+                    dx = g if dx is None else (dx if g is None else dx + g)
+                elif t is z:
+                    dz = g if dz is None else (dz if g is None else dz + g)
+                elif g is not None:
+                    grads[id(t)] = g
+        return dx, dz, grads

@@ -46,6 +46,10 @@ class VideoMamba(VideoBackbone):
             1/sqrt(Mamba layers). ``map``: MAP's released order (yunzeliu/MAP ``models_mamba.py``,
             ``initialize_weights`` called last): every Linear xavier-uniform, which also undoes
             the 1/sqrt(depth) rescale. Biases are zeroed either way.
+        mixer_recompute: in training, the Mamba blocks keep only their input, the merged mixer
+            output and the scans' chunk carries for backward and recompute the rest (see
+            :class:`~videomap.layers.MambaBlock`); False stores every intermediate as plain
+            autograd does (same gradients to rounding, several times the memory).
     """
 
     final_norm_name = "norm_f"
@@ -54,7 +58,7 @@ class VideoMamba(VideoBackbone):
                  attn_mlp_ratio: float = 2.0, attn_head_dim: int = 64, merge: str = "sum",
                  drop_path_rate: float = 0.0, d_state: int = 16, norm_eps: float = 1e-5,
                  attn_wiring: AttnWiring = "residual", keep_dt_bias_init: bool = False,
-                 init: InitScheme = "videomamba", **kwargs) -> None:
+                 init: InitScheme = "videomamba", mixer_recompute: bool = True, **kwargs) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)
         if attn_wiring not in ATTN_WIRINGS:
             raise ValueError(f"attn_wiring: expected one of {ATTN_WIRINGS}, got {attn_wiring!r}")
@@ -82,7 +86,8 @@ class VideoMamba(VideoBackbone):
             if kind == "a":
                 pre_attn_rate.append(dpr[p - 1])
         self.layers = nn.ModuleList(
-            MambaBlock(embed_dim, drop_path=in_rate[i], norm_eps=norm_eps, d_state=d_state, merge=merge)
+            MambaBlock(embed_dim, drop_path=in_rate[i], norm_eps=norm_eps, recompute=mixer_recompute,
+                       d_state=d_state, merge=merge)
             for i in range(depth)
         )
         attn_pos = [p for p, (kind, _) in enumerate(plan) if kind == "a"]

@@ -8,6 +8,7 @@ Importing this package registers ``torch.ops.videomap.selective_scan_fwd`` / ``_
 from .conv import causal_conv1d_silu, causal_depthwise_conv1d
 from .reference import selective_scan_ref
 from .scan import selective_scan, selective_scan_backend
+from .scan_saved import scan_arguments, scan_backward_saved, scan_forward_saving
 
-__all__ = ["causal_conv1d_silu", "causal_depthwise_conv1d", "selective_scan", "selective_scan_backend",
-           "selective_scan_ref"]
+__all__ = ["causal_conv1d_silu", "causal_depthwise_conv1d", "scan_arguments", "scan_backward_saved",
+           "scan_forward_saving", "selective_scan", "selective_scan_backend", "selective_scan_ref"]

@@ -41,9 +41,12 @@ def _kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       reverse: bool = False) -> torch.Tensor:
-    """``silu(causal depthwise conv(x))`` for x (B, E, L), weight (E, 1, K); see the module doc."""
-    if not _kernel_applies(x, weight):
+                       reverse: bool = False, fused: bool = True) -> torch.Tensor:
+    """``silu(causal depthwise conv(x))`` for x (B, E, L), weight (E, 1, K); see the module doc.
+
+    ``fused=False`` always takes the PyTorch version: a forward without autograd whose result a
+    later recomputation with autograd must reproduce bit for bit."""
+    if not (fused and _kernel_applies(x, weight)):
         return F.silu(causal_depthwise_conv1d(x.flip(-1).contiguous() if reverse else x, weight, bias))
     x = x.contiguous()
     out = torch.empty_like(x)

@@ -22,6 +22,7 @@ import torch
 from . import cuda_scan, scan_op  # noqa: F401  (scan_op registers torch.ops.videomap.*)
 from ._checks import check_inputs, compute_dtype, no_autocast
 from .scan_op import choose_backend
+from .scan_saved import scan_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -82,28 +83,12 @@ def selective_scan(
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     in_dtype = u.dtype
-    ct = compute_dtype(u)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    # Half-precision sequences go to the operator as they are where the backend reads them: bf16
-    # on CPU for inference (the kernel reads it chunk by chunk), fp16/bf16 u, delta, z, B, C on
-    # CUDA with mamba_ssm (which trains in them). Everything else is computed from fp32 copies.
-    half = (u.dtype in (torch.float16, torch.bfloat16)
-            and all(t.dtype == u.dtype for t in (delta, z) if t is not None))
-    if u.device.type == "cuda" and cuda_scan.cuda_module() is not None:
-        keep = (0, 1, 3, 4, 6) if half else ()
-    elif u.device.type == "cpu" and not save and half and u.dtype == torch.bfloat16:
-        keep = (0, 1, 6)
-    else:
-        keep = ()
+    args = scan_arguments(*inputs, save=save)
     if not torch.compiler.is_compiling():  # a traced graph holds the operator, nothing else
-        _log_once(*choose_backend(u.device, u.dtype if keep else ct, A.shape[1]))
+        _log_once(*choose_backend(u.device, args[0].dtype, A.shape[1]))
     with no_autocast(u.device.type):
-
-        def prep(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
-            return None if t is None else t.to(u.dtype if i in keep else ct).contiguous()
-
-        args = [prep(t, i) for i, t in enumerate(inputs)]  # keep: u, delta, (B, C,) z
         out, last, _ = torch.ops.videomap.selective_scan_fwd(*args, bool(delta_softplus), save)
     out = out.to(in_dtype)
     return (out, last.to(in_dtype)) if return_last_state else out

@@ -54,7 +54,7 @@ def build_model(cfg: JobConfig, num_classes: int | None = None, pretrained: str 
 
 # create_model arguments that are not the architecture: the head, the clip size (position tables are
 # resized) and training-only regularisation
-_NOT_ARCHITECTURE = ("num_classes", "num_frames", "img_size", "drop_path_rate", "drop_rate")
+_NOT_ARCHITECTURE = ("num_classes", "num_frames", "img_size", "drop_path_rate", "drop_rate", "mixer_recompute")
 
 
 def _saved_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
