@@ -31,6 +31,22 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the functions taking turns in every repeat, so that a
+    change of load on a shared machine hits all of them alike and their ratios stay meaningful."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for key, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def machine_summary() -> dict[str, str]:
     """CPU model, core count, OS, Python and torch versions (for the record next to numbers)."""
     import torch

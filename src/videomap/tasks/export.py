@@ -2,8 +2,9 @@
 
 * ``pt2``: ``torch.export`` program (``torch.export.load`` runs it without this package's
   Python code, as long as the operator library is importable: ``import videomap.ops``).
-* ``onnx``: ONNX with the selective scan as an ONNX ``Scan`` loop (:mod:`videomap.ops.onnx_scan`);
-  checked with onnxruntime when it is installed.
+* ``onnx``: ONNX with the selective scan in plain tensor ops, chunked and unrolled (or, with
+  ``onnx_scan="loop"``, as an ONNX ``Scan`` loop; :mod:`videomap.ops.onnx_scan`); checked with
+  onnxruntime when it is installed.
 
 The batch dimension is dynamic; clip length and resolution are the model's.
 """
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import JobConfig
+from ..ops.onnx_scan import OnnxScanForm
 from .common import build_model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,11 @@ def _example(model, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: str | None = None,
-               check_batch: int = 3) -> dict[str, Any]:
+               check_batch: int = 3, onnx_scan: OnnxScanForm = "chunked") -> dict[str, Any]:
     """Export and verify; returns the path, the largest output difference on a fresh input of
     ``check_batch`` clips (the traced example had two: tracing with one would fix the batch at 1),
-    and what checked it."""
+    and what checked it. ``onnx_scan``: how the ONNX file computes the selective scan
+    (``"chunked"``, fast; ``"loop"``, a small graph, see :mod:`videomap.ops.onnx_scan`)."""
     if fmt not in ("pt2", "onnx"):
         raise ValueError(f"--format: expected pt2 or onnx, got {fmt!r}")
     if checkpoint is None:
@@ -61,12 +64,15 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
                                  "pip install 'videomap-torch[export]'") from e
             from ..ops.onnx_scan import onnx_translation_table
 
+            table = onnx_translation_table(onnx_scan)
             program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes={"video": {0: batch}},
-                                        custom_translation_table=onnx_translation_table(), verbose=False)
+                                        custom_translation_table=table, verbose=False)
             program.save(out)
             got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1))
     result = {"path": os.path.abspath(out), "format": fmt, "seconds": round(time.time() - t0, 1),
               "checked_by": checked_by}
+    if fmt == "onnx":
+        result["onnx_scan"] = onnx_scan
     if got is not None:
         result["max_abs_diff"] = float((got - want).abs().max())
         result["outputs"] = list(want.shape)
