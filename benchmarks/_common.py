@@ -76,10 +76,11 @@ def load_average() -> str:
         return "n/a"
 
 
-def run_context(machine: dict[str, str], extra: str = "") -> str:
-    """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on."""
+def run_context(machine: dict[str, str], extra: str = "", load: str | None = None) -> str:
+    """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on
+    (``load``: the average recorded when the run ended, if it is rendered later)."""
     parts = [machine["cpu"], f"{machine['cores']} cores", f"torch {machine['torch']}"] + ([extra] if extra else [])
-    return "(" + ", ".join(parts) + f", load average after the run {load_average()})"
+    return "(" + ", ".join(parts) + f", load average after the run {load or load_average()})"
 
 
 def run_json_case(cmd: list[str], env: dict[str, str], what: str) -> dict:

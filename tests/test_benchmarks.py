@@ -55,7 +55,12 @@ def test_vs_videomae_quick(tmp_path, capsys):
     assert cases == {(m, mode, "fp32") for m in models for mode in ("inference", "training")}
     assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 and r["params_m"] > 0 for r in res["rows"])
     assert (tmp_path / "vs_videomae.png").stat().st_size > 1000
+    assert {r["model"]: r["tokens"] for r in res["rows"]} == {"videomae_base": 2 * 4, "videomap_middle": 4 * 4 + 1}
     out = capsys.readouterr().out
     assert "| videomae_base |" in out and "fastest" in out
+    # a finished run re-renders from its JSON without measuring again
+    assert mod.main(["--from-json", str(tmp_path / "vs_videomae.json"), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "vs_videomae.json").read_text())["rows"] == res["rows"]
+    assert "| videomap_middle | " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown model"):
         mod.main(["--quick", "--models", "videomae_huge", "--out", str(tmp_path)])
