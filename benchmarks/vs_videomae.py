@@ -53,7 +53,9 @@ tokens as VideoMamba / VideoMAP (tubelet 1, one token per 16x16 patch per frame)
 models' design as released, not a setting of this benchmark. Attention cost grows with the square of
 the token count and Mamba's linearly, so the balance shifts towards the Mamba models at more frames
 (see Backbones above). Memory is what one step adds on top of the weights, so it reflects activations,
-not model size."""
+not model size. Each case runs once, one after the other, on a shared machine: a case that meets a
+busy spell is slowed by up to about 2x (the load average is recorded above), so differences smaller
+than that between rows of one mode and precision are noise; rerun the command to check them."""
 
 
 def build(name: str, frames: int, size: int, quick: bool):
