@@ -31,9 +31,11 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                 pause: float = 0.0) -> dict[str, float]:
     """Median wall time of each ``fn()``, the functions taking turns in every repeat, so that a
-    change of load on a shared machine hits all of them alike and their ratios stay meaningful."""
+    change of load on a shared machine hits all of them alike and their ratios stay meaningful.
+    ``pause``: seconds of rest before each timed call (lets spinning thread pools go idle)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -41,6 +43,7 @@ def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int
     for _ in range(max(1, repeats)):
         for key, fn in fns.items():
             gc.collect()
+            time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)

@@ -6,8 +6,8 @@
 Exports the model with ``videomap.tasks.export.run_export`` (pt2, and ONNX with each requested
 form of the selective scan: the chunked closed form and the ``Scan`` loop), then times one forward
 of batch 1 in eager PyTorch, in the loaded ``torch.export`` program and in onnxruntime (its own
-thread pool, sized to the same number of cores), the runtimes taking turns in every repeat, and
-reports the largest output difference.
+thread pool, sized to the same number of cores), the runtimes taking turns in every repeat (each with
+its default thread settings, a pause between them), and reports the largest output difference.
 Target: the chunked ONNX file within 1.5x of eager. Prints a table and rewrites its section of
 docs/performance.md with ``--write-doc``.
 """
@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="ONNX forms of the selective scan to export and time")
     ap.add_argument("--write-doc", action="store_true")
     args = ap.parse_args(argv)
-
     import onnxruntime as ort
     import torch
 
@@ -73,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 feed = {session.get_inputs()[0].name: x.numpy()}
                 got[name] = torch.from_numpy(session.run(None, feed)[0])
                 fns[name] = lambda s=session, f=feed: s.run(None, f)
-            times = median_times(fns, args.repeats)  # taking turns: ratios survive load changes
+            # taking turns, so that ratios survive load changes; the pause lets the previous runtime's
+            # threads stop spinning (onnxruntime's and OpenMP's spin after a run and would slow the next)
+            times = median_times(fns, args.repeats, pause=1.0)
     rows = [(name, times[name], float((got[name] - want).abs().max())) for name in fns]
     t_eager = times["PyTorch eager"]
     table = ["| runtime | s / clip | vs eager | max abs. difference |", "|---|---|---|---|"]
