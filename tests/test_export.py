@@ -48,7 +48,7 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, kw, capsys):
 
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
-    assert not ops & {"Scan", "Loop"}  # the chunked closed form: no per-token loop in the file
+    assert "Scan" in ops  # the recurrence is a loop in the file, not unrolled
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, 4, 32, 32)
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
@@ -114,7 +114,8 @@ def _onnx_scans(tmp_path, module, inputs, **table):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
     return (lambda *xs: session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})), ops
 
 
@@ -131,7 +132,7 @@ def test_onnx_chunked_scan_matches_the_sequential_reference(tmp_path, seqlen, ch
     inputs = _scan_inputs(2, dim, nstate, seqlen, with_z)
     if not softplus:
         inputs = (inputs[0], inputs[1].abs()) + inputs[2:]  # Δ must be >= 0 without softplus
-    run, ops = _onnx_scans(tmp_path, module, inputs, chunk=chunk)
+    run, ops = _onnx_scans(tmp_path, module, inputs, form="chunked", chunk=chunk)
     assert not ops & {"Scan", "Loop"}
     fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)  # another batch size than traced
     if not softplus:
@@ -152,18 +153,19 @@ def test_onnx_chunked_scan_stays_finite_for_large_steps(tmp_path):
     with torch.no_grad():
         module.A.copy_(-torch.arange(1, nstate + 1.0).expand(2, dim, nstate) * 4)
     inputs = _scan_inputs(1, dim, nstate, 50, True, delta_scale=30.0)
-    run, _ = _onnx_scans(tmp_path, module, inputs, chunk=32)
+    run, _ = _onnx_scans(tmp_path, module, inputs, form="chunked", chunk=32)
     y, last = run(*inputs)
     want_y, want_last = module.reference(*inputs)
     assert np.isfinite(y).all() and np.isfinite(last).all()
     assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
 
 
-def test_onnx_loop_form_still_matches(tmp_path):
+def test_onnx_loop_form_matches(tmp_path):
     dim, nstate = 6, 4
     module = _Scans(dim, nstate, True, True, True).eval()
     inputs = _scan_inputs(2, dim, nstate, 13, True)
-    run, ops = _onnx_scans(tmp_path, module, inputs, form="loop")
+    run, ops = _onnx_scans(tmp_path, module, inputs)  # the default form
+    assert "Scan" in ops
     y, _ = run(*inputs)
     assert np.abs(y - module.reference(*inputs)[0].numpy()).max() < 1e-4
 

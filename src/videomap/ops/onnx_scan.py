@@ -2,18 +2,18 @@
 
 Two forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = C_l · h_l:
 
-* ``"chunked"`` (default): plain tensor ops, no loop node. The (static) sequence is padded to
-  P chunks of K steps (Δ = 0 after softplus in the padding: decay 1, input 0). All P chunks
-  advance together, one unrolled step at a time from a zero state, keeping each step's state
-  and the running product of its decays; a short unrolled recurrence over the P chunk ends
-  gives the true state entering every chunk; each step's output is then
-  C_l · (local state + cumulative decay ⊙ entering state). Only decay factors in (0, 1] are ever
-  multiplied (no division by a cumulative decay, which overflows for realistic Δ), and there is
-  one ``Exp`` per state element and step, like the sequential scan. The graph is static in the
-  sequence length; the batch stays dynamic.
-* ``"loop"``: an ONNX ``Scan`` whose body is one step (:mod:`._onnx_scan_fn`). A small graph
-  whatever the length, but onnxruntime runs the body once per token, about 10x slower than the
-  chunked form at video lengths; kept for runtimes that cap the number of graph nodes.
+* ``"loop"`` (default): an ONNX ``Scan`` whose body is one step (:mod:`._onnx_scan_fn`). A small
+  graph; onnxruntime runs the body once per token.
+* ``"chunked"``: plain tensor ops, no loop node. The (static) sequence is padded to P chunks of K
+  steps (Δ = 0 after softplus in the padding: decay 1, input 0). All P chunks advance together,
+  one unrolled step at a time from a zero state, keeping each step's state and the running product
+  of its decays; a short unrolled recurrence over the P chunk ends gives the true state entering
+  every chunk; each step's output is then C_l · (local state + cumulative decay ⊙ entering state).
+  Only decay factors in (0, 1] are ever multiplied (no division by a cumulative decay, which
+  overflows for realistic Δ), and there is one ``Exp`` per state element and step, like the
+  sequential scan. The graph is static in the sequence length; the batch stays dynamic. A whole
+  model's graph gets tens of thousands of small nodes, and measured on a 2-core CPU
+  (docs/performance.md, Exported runtimes) it ran slower than the loop form; hence not the default.
 
 Everything around the recurrence (bias, softplus, the D skip, the silu(z) gate) is plain ONNX.
 Only the forward exists: an exported graph is for inference, so tracing must run under
@@ -120,7 +120,7 @@ def _chunked(op, u, dt, A, B, C, seqlen: int, chunk: int):
 
 
 def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save_carries: bool = False, *,
-               form: str = "chunked", chunk: int = DEFAULT_CHUNK):
+               form: str = "loop", chunk: int = DEFAULT_CHUNK):
     """``videomap::selective_scan_fwd`` in ONNX ops (traced: Python ``if`` picks the optional parts)."""
     from onnxscript import opset18 as op
 
@@ -134,12 +134,12 @@ def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save
     return _finish(op, y, u, D, z), last, op.ConstantOfShape(_axes(op, 0))  # no chunk states: empty
 
 
-def onnx_translation_table(form: OnnxScanForm = "chunked", chunk: int = DEFAULT_CHUNK) -> dict[Any, Any]:
+def onnx_translation_table(form: OnnxScanForm = "loop", chunk: int = DEFAULT_CHUNK) -> dict[Any, Any]:
     """``custom_translation_table`` for :func:`torch.onnx.export` covering videomap's operators.
 
-    ``form``: ``"chunked"`` (unrolled closed form, fast) or ``"loop"`` (ONNX ``Scan``, small
-    graph); ``chunk``: steps per chunk of the chunked form (16-64: fewer means more chunk-carry
-    nodes, more means more unrolled steps)."""
+    ``form``: ``"loop"`` (ONNX ``Scan``, small graph) or ``"chunked"`` (unrolled closed form, no
+    loop node; see the module docstring); ``chunk``: steps per chunk of the chunked form (16-64:
+    fewer means more chunk-carry nodes, more means more unrolled steps)."""
     import torch
 
     from . import scan_op  # noqa: F401  (registers the operator)

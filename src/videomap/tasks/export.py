@@ -2,9 +2,9 @@
 
 * ``pt2``: ``torch.export`` program (``torch.export.load`` runs it without this package's
   Python code, as long as the operator library is importable: ``import videomap.ops``).
-* ``onnx``: ONNX with the selective scan in plain tensor ops, chunked and unrolled (or, with
-  ``onnx_scan="loop"``, as an ONNX ``Scan`` loop; :mod:`videomap.ops.onnx_scan`); checked with
-  onnxruntime when it is installed.
+* ``onnx``: ONNX with the selective scan as an ONNX ``Scan`` loop (or, with
+  ``onnx_scan="chunked"``, in plain tensor ops, chunked and unrolled; :mod:`videomap.ops.onnx_scan`);
+  checked with onnxruntime when it is installed.
 
 The batch dimension is dynamic; clip length and resolution are the model's.
 """
@@ -33,11 +33,11 @@ def _example(model, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: str | None = None,
-               check_batch: int = 3, onnx_scan: OnnxScanForm = "chunked") -> dict[str, Any]:
+               check_batch: int = 3, onnx_scan: OnnxScanForm = "loop") -> dict[str, Any]:
     """Export and verify; returns the path, the largest output difference on a fresh input of
     ``check_batch`` clips (the traced example had two: tracing with one would fix the batch at 1),
     and what checked it. ``onnx_scan``: how the ONNX file computes the selective scan
-    (``"chunked"``, fast; ``"loop"``, a small graph, see :mod:`videomap.ops.onnx_scan`)."""
+    (``"loop"`` or ``"chunked"``, see :mod:`videomap.ops.onnx_scan`)."""
     if fmt not in ("pt2", "onnx"):
         raise ValueError(f"--format: expected pt2 or onnx, got {fmt!r}")
     if checkpoint is None:
