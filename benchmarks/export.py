@@ -27,7 +27,7 @@ DOC_NOTES = """\
 The chunked file computes the scan with about nine element-wise operations per state element and
 step (decay, input, recurrence, cumulative decay, carry correction, contraction with C) as separate
 onnxruntime kernels over (batch, chunks, N, E) tensors, where the C kernel behind eager PyTorch does
-the whole step in registers; that, not the carries between chunks, is what separates the two. The
+the whole step in registers (a likely reason for the gap; the whole model was not profiled). The
 `Scan` loop runs its one-step body once per token (1,569 steps in each of the 48 scans here)."""
 
 
