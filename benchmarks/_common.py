@@ -31,6 +31,25 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                 pause: float = 0.0) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the functions taking turns in every repeat, so that a
+    change of load on a shared machine hits all of them alike and their ratios stay meaningful.
+    ``pause``: seconds of rest before each timed call (lets spinning thread pools go idle)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for key, fn in fns.items():
+            gc.collect()
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def machine_summary() -> dict[str, str]:
     """CPU model, core count, OS, Python and torch versions (for the record next to numbers)."""
     import torch
@@ -60,10 +79,11 @@ def load_average() -> str:
         return "n/a"
 
 
-def run_context(machine: dict[str, str], extra: str = "") -> str:
-    """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on."""
+def run_context(machine: dict[str, str], extra: str = "", load: str | None = None) -> str:
+    """``(CPU, N cores, torch X[, extra], load average a / b / c)``: what a doc table was measured on
+    (``load``: the average recorded when the run ended, if it is rendered later)."""
     parts = [machine["cpu"], f"{machine['cores']} cores", f"torch {machine['torch']}"] + ([extra] if extra else [])
-    return "(" + ", ".join(parts) + f", load average after the run {load_average()})"
+    return "(" + ", ".join(parts) + f", load average after the run {load or load_average()})"
 
 
 def run_json_case(cmd: list[str], env: dict[str, str], what: str) -> dict:

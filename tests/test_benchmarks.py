@@ -1,4 +1,4 @@
-"""The sample-efficiency benchmark runs end to end in its quick mode (tiny sizes, one seed)."""
+"""The benchmarks run end to end in their quick modes (tiny sizes)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,28 @@ def test_sample_efficiency_quick(tmp_path, capsys):
     assert new[:len(lines)] == lines and len(new) == len(lines) + 1
     with pytest.raises(SystemExit, match="objective must be one of"):
         mod.main(["--quick", "--arms", "frame-wise", "--out", str(tmp_path)])
+
+
+def test_vs_videomae_quick(tmp_path, capsys):
+    """The VideoMAE side-by-side runs its cases (each in its own process) and reports them."""
+    pytest.importorskip("transformers")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_videomae.py"
+    spec = importlib.util.spec_from_file_location("vs_videomae", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    models = ["videomae_base", "videomap_middle"]
+    assert mod.main(["--quick", "--models", *models, "--precisions", "fp32", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "vs_videomae.json").read_text())
+    cases = {(r["model"], r["mode"], r["precision"]) for r in res["rows"]}
+    assert cases == {(m, mode, "fp32") for m in models for mode in ("inference", "training")}
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 and r["params_m"] > 0 for r in res["rows"])
+    assert (tmp_path / "vs_videomae.png").stat().st_size > 1000
+    assert {r["model"]: r["tokens"] for r in res["rows"]} == {"videomae_base": 2 * 4, "videomap_middle": 4 * 4 + 1}
+    out = capsys.readouterr().out
+    assert "| videomae_base |" in out and "fastest" in out
+    # a finished run re-renders from its JSON without measuring again
+    assert mod.main(["--from-json", str(tmp_path / "vs_videomae.json"), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "vs_videomae.json").read_text())["rows"] == res["rows"]
+    assert "| videomap_middle | " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown model"):
+        mod.main(["--quick", "--models", "videomae_huge", "--out", str(tmp_path)])

@@ -10,6 +10,7 @@ import torch
 
 from tests.helpers import tiny_model
 from videomap.cli import main
+from videomap.ops import selective_scan, selective_scan_ref
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,145 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, kw, capsys):
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert np.abs(y - model(x).numpy()).max() < 1e-4
+
+
+class _Scans(torch.nn.Module):
+    """The selective scan over a sequence and over its reverse (as the bidirectional mixer runs
+    it), summed, plus the forward direction's last state: both directions in one graph."""
+
+    def __init__(self, dim: int, nstate: int, d: bool, bias: bool, softplus: bool):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.A = torch.nn.Parameter(-torch.exp(torch.randn(2, dim, nstate, generator=g)))
+        self.D = torch.nn.Parameter(torch.randn(2, dim, generator=g)) if d else None
+        self.bias = torch.nn.Parameter(torch.randn(2, dim, generator=g)) if bias else None
+        self.softplus = softplus
+
+    def direction(self, i: int, u, delta, B, C, z):
+        return selective_scan(u, delta, self.A[i], B, C, None if self.D is None else self.D[i], z,
+                              None if self.bias is None else self.bias[i], self.softplus, return_last_state=True)
+
+    def forward(self, u, delta, B, C, z=None):
+        y, last = self.direction(0, u, delta, B, C, z)
+        flip = [t if t is None else t.flip(-1) for t in (u, delta, B, C, z)]
+        y_b, _ = self.direction(1, *flip)
+        return y + y_b.flip(-1), last
+
+    def reference(self, u, delta, B, C, z=None):
+        """The same in float64 through the sequential reference scan."""
+        def ref(i, *xs):
+            xs = [t if t is None else t.double() for t in xs]
+            p = [t if t is None else t.detach().double()[i] for t in (self.A, self.D, self.bias)]
+            return selective_scan_ref(xs[0], xs[1], p[0], xs[2], xs[3], p[1], xs[4], p[2], self.softplus,
+                                      return_last_state=True)
+
+        y, last = ref(0, u, delta, B, C, z)
+        y_b, _ = ref(1, *[t if t is None else t.flip(-1) for t in (u, delta, B, C, z)])
+        return y + y_b.flip(-1), last
+
+
+def _scan_inputs(batch, dim, nstate, seqlen, with_z, delta_scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, z = torch.randn(batch, dim, seqlen, generator=g), torch.randn(batch, dim, seqlen, generator=g)
+    delta = torch.randn(batch, dim, seqlen, generator=g) * delta_scale
+    B, C = torch.randn(batch, nstate, seqlen, generator=g), torch.randn(batch, nstate, seqlen, generator=g)
+    return (u, delta, B, C) + ((z,) if with_z else ())
+
+
+def _onnx_scans(tmp_path, module, inputs, **table):
+    from videomap.ops.onnx_scan import onnx_translation_table
+
+    ort = pytest.importorskip("onnxruntime")
+    names = ["u", "delta", "B", "C", "z"][:len(inputs)]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        program = torch.onnx.export(module, inputs, dynamo=True, verbose=False,
+                                    dynamic_shapes={n: {0: batch} for n in names},
+                                    custom_translation_table=onnx_translation_table(**table))
+    path = tmp_path / "scan.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    import onnx
+
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    return (lambda *xs: session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})), ops
+
+
+@pytest.mark.parametrize("seqlen,chunk,with_z,d,bias,softplus", [
+    (37, 8, True, True, True, True),     # length not divisible by the chunk: padded after softplus
+    (37, 8, False, False, False, False),  # no z / D / bias, raw delta (kept positive below)
+    (24, 8, True, True, True, True),      # divisible
+    (5, 16, True, False, True, True),     # one chunk shorter than the chunk length
+    (9, 1, True, True, True, True),       # chunk 1: the carry recurrence does everything
+])
+def test_onnx_chunked_scan_matches_the_sequential_reference(tmp_path, seqlen, chunk, with_z, d, bias, softplus):
+    dim, nstate = 6, 4
+    module = _Scans(dim, nstate, d, bias, softplus).eval()
+    inputs = _scan_inputs(2, dim, nstate, seqlen, with_z)
+    if not softplus:
+        inputs = (inputs[0], inputs[1].abs()) + inputs[2:]  # Δ must be >= 0 without softplus
+    run, ops = _onnx_scans(tmp_path, module, inputs, form="chunked", chunk=chunk)
+    assert not ops & {"Scan", "Loop"}
+    fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)  # another batch size than traced
+    if not softplus:
+        fresh = (fresh[0], fresh[1].abs()) + fresh[2:]
+    y, last = run(*fresh)
+    want_y, want_last = module.reference(*fresh)
+    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
+    assert np.abs(last - want_last.numpy()).max() < 1e-4 * max(1.0, float(want_last.abs().max()))
+    with torch.no_grad():
+        eager_y, _ = module(*fresh)
+    assert np.abs(y - eager_y.numpy()).max() < 1e-4 * max(1.0, float(eager_y.abs().max()))
+
+
+def test_onnx_chunked_scan_stays_finite_for_large_steps(tmp_path):
+    """Δ·A down to about -1e3 per step: a form dividing by cumulative decays overflows here."""
+    dim, nstate = 4, 16
+    module = _Scans(dim, nstate, True, True, True).eval()
+    with torch.no_grad():
+        module.A.copy_(-torch.arange(1, nstate + 1.0).expand(2, dim, nstate) * 4)
+    inputs = _scan_inputs(1, dim, nstate, 50, True, delta_scale=30.0)
+    run, _ = _onnx_scans(tmp_path, module, inputs, form="chunked", chunk=32)
+    y, last = run(*inputs)
+    want_y, want_last = module.reference(*inputs)
+    assert np.isfinite(y).all() and np.isfinite(last).all()
+    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
+
+
+def test_onnx_loop_form_matches(tmp_path):
+    dim, nstate = 6, 4
+    module = _Scans(dim, nstate, True, True, True).eval()
+    inputs = _scan_inputs(2, dim, nstate, 13, True)
+    run, ops = _onnx_scans(tmp_path, module, inputs)  # the default form
+    assert "Scan" in ops
+    y, _ = run(*inputs)
+    assert np.abs(y - module.reference(*inputs)[0].numpy()).max() < 1e-4
+
+
+def test_onnx_translation_rejects_bad_options():
+    from videomap.ops.onnx_scan import onnx_translation_table
+
+    with pytest.raises(ValueError, match="chunked, loop"):
+        onnx_translation_table(form="unrolled")
+    with pytest.raises(ValueError, match="positive integer"):
+        onnx_translation_table(chunk=0)
+
+
+def test_onnxruntime_softplus_is_torch_softplus():
+    """The chunked graph relies on onnxruntime's Softplus being the stable form (no overflow for
+    large inputs, equal to torch's thresholded softplus)."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Softplus", ["x"], ["y"])], "g", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.tensor([300.0, 100.0, 30.0, 20.5, 20.0, 5.0, 0.0, -5.0, -30.0, -100.0, -300.0])
+    (y,) = session.run(None, {"x": x.numpy()})
+    assert np.isfinite(y).all()
+    assert np.abs(y - torch.nn.functional.softplus(x).numpy()).max() < 1e-6
 
 
 def test_export_errors_name_the_problem(tmp_path, saved, capsys):

@@ -1,10 +1,22 @@
 """ONNX translation of the selective-scan operator, for ``torch.onnx.export(dynamo=True)``.
 
-The recurrence becomes an ONNX ``Scan`` over the sequence axis whose body is one step,
-``h = exp(Δ_l A) * h + Δ_l B_l u_l; y_l = C_l · h``; everything around it (bias, softplus, the
-D skip, the silu(z) gate) is plain ONNX. The discretised inputs are materialised as
-(L, B, E, N) tensors before the loop, which is fine for inference at the sizes ONNX runtimes
-serve. Only the forward exists: an exported graph is for inference, so tracing must run under
+Two forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = C_l · h_l:
+
+* ``"loop"`` (default): an ONNX ``Scan`` whose body is one step (:mod:`._onnx_scan_fn`). A small
+  graph; onnxruntime runs the body once per token.
+* ``"chunked"``: plain tensor ops, no loop node. The (static) sequence is padded to P chunks of K
+  steps (Δ = 0 after softplus in the padding: decay 1, input 0). All P chunks advance together,
+  one unrolled step at a time from a zero state, keeping each step's state and the running product
+  of its decays; a short unrolled recurrence over the P chunk ends gives the true state entering
+  every chunk; each step's output is then C_l · (local state + cumulative decay ⊙ entering state).
+  Only decay factors in (0, 1] are ever multiplied (no division by a cumulative decay, which
+  overflows for realistic Δ), and there is one ``Exp`` per state element and step, like the
+  sequential scan. The graph is static in the sequence length; the batch stays dynamic. A whole
+  model's graph gets tens of thousands of small nodes, and measured on a 2-core CPU
+  (docs/performance.md, Exported runtimes) it ran slower than the loop form; hence not the default.
+
+Everything around the recurrence (bias, softplus, the D skip, the silu(z) gate) is plain ONNX.
+Only the forward exists: an exported graph is for inference, so tracing must run under
 ``torch.no_grad()`` (:func:`videomap.tasks.export.run_export` does).
 
 Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install videomap-torch[export]``).
@@ -12,44 +24,129 @@ Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install videomap-
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Literal
+
+OnnxScanForm = Literal["chunked", "loop"]
+FORMS: tuple[str, ...] = ("chunked", "loop")
+DEFAULT_CHUNK = 32
 
 
-def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save_carries: bool = False):
+def _axes(op, *a: int):
+    return op.Constant(value_ints=list(a))
+
+
+def _prepare(op, delta, delta_bias, softplus: bool):
+    if delta_bias is not None:
+        delta = op.Add(delta, op.Unsqueeze(delta_bias, _axes(op, -1)))
+    # onnxruntime's Softplus is the stable form: it matches torch's thresholded one to 1e-9 for
+    # any input (checked in tests/test_export.py), so no Where for the x > 20 branch is needed.
+    return op.Softplus(delta) if softplus else delta
+
+
+def _finish(op, y, u, D, z):
+    if D is not None:
+        y = op.Add(y, op.Mul(u, op.Unsqueeze(D, _axes(op, -1))))
+    if z is not None:
+        y = op.Mul(y, op.Mul(z, op.Sigmoid(z)))
+    return y
+
+
+def _static_len(value) -> int:
+    dims = getattr(value, "shape", None)
+    seqlen = None if dims is None or len(dims) != 3 else dims[2]
+    if not isinstance(seqlen, int):
+        raise ValueError("ONNX export of the selective scan needs a static sequence length "
+                         f"(the clip length and resolution are fixed at export), got shape {dims}")
+    return seqlen
+
+
+def _loop(op, u, dt, A, B, C):
+    """(y, last) through the one-step ``Scan`` loop."""
+    from ._onnx_scan_fn import ssm_scan
+
+    dt4 = op.Unsqueeze(op.Transpose(dt, perm=[2, 0, 1]), _axes(op, -1))          # (L, B, E, 1)
+    a = op.Exp(op.Mul(dt4, A))                                                    # (L, B, E, N)
+    du = op.Mul(dt4, op.Unsqueeze(op.Transpose(u, perm=[2, 0, 1]), _axes(op, -1)))
+    b = op.Mul(du, op.Unsqueeze(op.Transpose(B, perm=[2, 0, 1]), _axes(op, 2)))    # (L, B, E, N)
+    c = op.Unsqueeze(op.Transpose(C, perm=[2, 0, 1]), _axes(op, 2))               # (L, B, 1, N)
+    h0 = op.Mul(op.Squeeze(op.Slice(b, _axes(op, 0), _axes(op, 1), _axes(op, 0)), _axes(op, 0)),
+                op.Constant(value_float=0.0))
+    last, y = ssm_scan(a, b, c, h0)
+    return op.Transpose(y, perm=[1, 2, 0]), last                                  # (B, E, L)
+
+
+def _steps(op, x, n: int, k: int):
+    """(B, X, P*K) -> K per-step tensors (B, P, 1, X): the channel axis innermost, so that every
+    broadcast below runs over contiguous spans of E (onnxruntime is slow on short spans)."""
+    x = op.Reshape(op.Transpose(x, perm=[0, 2, 1]), op.Constant(value_ints=[0, n, k, -1]))  # (B, P, K, X)
+    return op.Split(x, axis=2, num_outputs=k) if k > 1 else [x]
+
+
+def _chunked(op, u, dt, A, B, C, seqlen: int, chunk: int):
+    """(y, last) through the unrolled chunked recurrence (see the module docstring)."""
+    k = max(1, min(chunk, seqlen))
+    n = -(-seqlen // k)
+    pad = n * k - seqlen
+    dtu = op.Mul(dt, u)
+    if pad:  # Δ = 0 after softplus: decay exp(0) = 1 and no input, so the state passes through
+        pads = op.Constant(value_ints=[0, 0, 0, 0, 0, pad])
+        dt, dtu, B, C = (op.Pad(t, pads) for t in (dt, dtu, B, C))
+    at = op.Transpose(A, perm=[1, 0])                                               # (N, E)
+    col = op.Constant(value_ints=[0, n, -1, 1])
+    dts, dtus = _steps(op, dt, n, k), _steps(op, dtu, n, k)                         # (B, P, 1, E)
+    bs = [op.Reshape(b, col) for b in _steps(op, B, n, k)]                          # (B, P, N, 1)
+    cs = _steps(op, C, n, k)                                                        # (B, P, 1, N)
+    hs, decays = [], []
+    for i in range(k):  # all chunks at once, each from a zero state; states are (B, P, N, E)
+        a = op.Exp(op.Mul(dts[i], at))
+        b = op.Mul(bs[i], dtus[i])
+        hs.append(b if i == 0 else op.Add(op.Mul(a, hs[-1]), b))
+        decays.append(a if i == 0 else op.Mul(decays[-1], a))
+    # True state entering each chunk: H_0 = 0, H_p = decay_end[p-1] H_{p-1} + h_end[p-1].
+    ends = op.Split(hs[-1], axis=1, num_outputs=n) if n > 1 else [hs[-1]]
+    dec_ends = op.Split(decays[-1], axis=1, num_outputs=n) if n > 1 else [decays[-1]]
+    entering = [op.Mul(ends[0], op.Constant(value_float=0.0))]
+    for p in range(n):
+        entering.append(ends[p] if p == 0 else op.Add(op.Mul(dec_ends[p], entering[-1]), ends[p]))
+    last = op.Transpose(op.Squeeze(entering[-1], _axes(op, 1)), perm=[0, 2, 1])    # (B, E, N)
+    h_in = op.Concat(*entering[:-1], axis=1) if n > 1 else entering[0]              # (B, P, N, E)
+    ys = [op.MatMul(cs[i], op.Add(hs[i], op.Mul(decays[i], h_in))) for i in range(k)]  # (B, P, 1, E)
+    y = op.Concat(*ys, axis=2) if k > 1 else ys[0]                                  # (B, P, K, E)
+    y = op.Transpose(op.Reshape(y, op.Constant(value_ints=[0, n * k, -1])), perm=[0, 2, 1])
+    if pad:
+        y = op.Slice(y, _axes(op, 0), _axes(op, seqlen), _axes(op, 2))
+    return y, last
+
+
+def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save_carries: bool = False, *,
+               form: str = "loop", chunk: int = DEFAULT_CHUNK):
     """``videomap::selective_scan_fwd`` in ONNX ops (traced: Python ``if`` picks the optional parts)."""
     from onnxscript import opset18 as op
 
-    from ._onnx_scan_fn import ssm_scan
-
     if save_carries:
         raise ValueError("ONNX export of the selective scan is inference only: trace under torch.no_grad()")
-
-    def axes(*a: int):
-        return op.Constant(value_ints=list(a))
-
-    if delta_bias is not None:
-        delta = op.Add(delta, op.Unsqueeze(delta_bias, axes(-1)))
-    if softplus:
-        delta = op.Softplus(delta)
-    dt = op.Unsqueeze(op.Transpose(delta, perm=[2, 0, 1]), axes(-1))           # (L, B, E, 1)
-    a = op.Exp(op.Mul(dt, A))                                                   # (L, B, E, N)
-    du = op.Mul(dt, op.Unsqueeze(op.Transpose(u, perm=[2, 0, 1]), axes(-1)))    # (L, B, E, 1)
-    b = op.Mul(du, op.Unsqueeze(op.Transpose(B, perm=[2, 0, 1]), axes(2)))      # (L, B, E, N)
-    c = op.Unsqueeze(op.Transpose(C, perm=[2, 0, 1]), axes(2))                  # (L, B, 1, N)
-    h0 = op.Mul(op.Squeeze(op.Slice(b, axes(0), axes(1), axes(0)), axes(0)), op.Constant(value_float=0.0))
-    last, y = ssm_scan(a, b, c, h0)
-    out = op.Transpose(y, perm=[1, 2, 0])                                       # (B, E, L)
-    if D is not None:
-        out = op.Add(out, op.Mul(u, op.Unsqueeze(D, axes(-1))))
-    if z is not None:
-        out = op.Mul(out, op.Mul(z, op.Sigmoid(z)))
-    return out, last, op.ConstantOfShape(axes(0))  # no chunk states: an empty float tensor
+    dt = _prepare(op, delta, delta_bias, softplus)
+    if form == "chunked":
+        y, last = _chunked(op, u, dt, A, B, C, _static_len(u), chunk)
+    else:
+        y, last = _loop(op, u, dt, A, B, C)
+    return _finish(op, y, u, D, z), last, op.ConstantOfShape(_axes(op, 0))  # no chunk states: empty
 
 
-def onnx_translation_table() -> dict[Any, Any]:
-    """``custom_translation_table`` for :func:`torch.onnx.export` covering videomap's operators."""
+def onnx_translation_table(form: OnnxScanForm = "loop", chunk: int = DEFAULT_CHUNK) -> dict[Any, Any]:
+    """``custom_translation_table`` for :func:`torch.onnx.export` covering videomap's operators.
+
+    ``form``: ``"loop"`` (ONNX ``Scan``, small graph) or ``"chunked"`` (unrolled closed form, no
+    loop node; see the module docstring); ``chunk``: steps per chunk of the chunked form (16-64:
+    fewer means more chunk-carry nodes, more means more unrolled steps)."""
     import torch
 
     from . import scan_op  # noqa: F401  (registers the operator)
 
-    return {torch.ops.videomap.selective_scan_fwd.default: _translate}
+    if form not in FORMS:
+        raise ValueError(f"ONNX scan form: expected one of {', '.join(FORMS)}, got {form!r}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"ONNX scan chunk: expected a positive integer, got {chunk!r}")
+    fn = functools.wraps(_translate)(functools.partial(_translate, form=form, chunk=chunk))
+    return {torch.ops.videomap.selective_scan_fwd.default: fn}

@@ -2,7 +2,8 @@
 
 * ``pt2``: ``torch.export`` program (``torch.export.load`` runs it without this package's
   Python code, as long as the operator library is importable: ``import videomap.ops``).
-* ``onnx``: ONNX with the selective scan as an ONNX ``Scan`` loop (:mod:`videomap.ops.onnx_scan`);
+* ``onnx``: ONNX with the selective scan as an ONNX ``Scan`` loop (or, with
+  ``onnx_scan="chunked"``, in plain tensor ops, chunked and unrolled; :mod:`videomap.ops.onnx_scan`);
   checked with onnxruntime when it is installed.
 * ``hf``: a transformers model directory (``config.json``, ``model.safetensors``, the
   ``video_preprocessor_config.json`` of :class:`videomap.data.video_processor.VideoMAPVideoProcessor`
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import JobConfig
+from ..ops.onnx_scan import OnnxScanForm
 from .common import build_model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,13 @@ def _example(model, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: str | None = None,
-               check_batch: int = 3, labels: str | None = None) -> dict[str, Any]:
+               check_batch: int = 3, labels: str | None = None,
+               onnx_scan: OnnxScanForm = "loop") -> dict[str, Any]:
     """Export and verify; returns the path, the largest output difference on a fresh input of
     ``check_batch`` clips (the traced example had two: tracing with one would fix the batch at 1),
-    and what checked it. ``labels`` (``hf`` only): a text file with one class name per line."""
+    and what checked it. ``labels`` (``hf`` only): a text file with one class name per line.
+    ``onnx_scan``: how the ONNX file computes the selective scan (``"loop"`` or ``"chunked"``, see
+    :mod:`videomap.ops.onnx_scan`)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if checkpoint is None:
@@ -70,12 +75,18 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
                                  "pip install 'videomap-torch[export]'") from e
             from ..ops.onnx_scan import onnx_translation_table
 
+            table = onnx_translation_table(onnx_scan)
+            # onnxscript's graph optimizer takes over ten minutes on the thousands of nodes of the
+            # unrolled scan; onnxruntime optimizes the graph itself when it loads it.
             program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes={"video": {0: batch}},
-                                        custom_translation_table=onnx_translation_table(), verbose=False)
+                                        custom_translation_table=table, verbose=False,
+                                        optimize=onnx_scan != "chunked")
             program.save(out)
             got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1))
     result = {"path": os.path.abspath(out), "format": fmt, "seconds": round(time.time() - t0, 1),
               "checked_by": checked_by}
+    if fmt == "onnx":
+        result["onnx_scan"] = onnx_scan
     if got is not None:
         result["max_abs_diff"] = float((got - want).abs().max())
         result["outputs"] = list(want.shape)
