@@ -29,6 +29,13 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         out = x * w[:, k - 1]
     else:
         out = torch.addcmul(bias[:, None].to(x.dtype), x, w[:, k - 1])
+    if torch.compiler.is_exporting():
+        # the same sums out of place: an exported in-place update of a slice becomes a scatter with
+        # a transpose on each side, the larger part of an onnxruntime forward outside the scan
+        xp = F.pad(x, (k - 1, 0))
+        for shift in range(1, min(k, length)):
+            out = torch.addcmul(out, xp[..., k - 1 - shift: k - 1 - shift + length], w[:, k - 1 - shift])
+        return out
     for shift in range(1, min(k, length)):
         out[..., shift:].addcmul_(x[..., : length - shift], w[:, k - 1 - shift])
     return out

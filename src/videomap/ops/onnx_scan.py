@@ -6,14 +6,14 @@ Two forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = 
   graph; onnxruntime runs the body once per token.
 * ``"chunked"``: plain tensor ops, no loop node. The (static) sequence is padded to P chunks of K
   steps (Δ = 0 after softplus in the padding: decay 1, input 0). All P chunks advance together,
-  one unrolled step at a time from a zero state, keeping each step's state and the running product
-  of its decays; a short unrolled recurrence over the P chunk ends gives the true state entering
-  every chunk; each step's output is then C_l · (local state + cumulative decay ⊙ entering state).
-  Only decay factors in (0, 1] are ever multiplied (no division by a cumulative decay, which
-  overflows for realistic Δ), and there is one ``Exp`` per state element and step, like the
-  sequential scan. The graph is static in the sequence length; the batch stays dynamic. A whole
-  model's graph gets tens of thousands of small nodes, and measured on a 2-core CPU
-  (docs/performance.md, Exported runtimes) it ran slower than the loop form; hence not the default.
+  one unrolled step at a time from a zero state, each step contracting its local state with C at
+  once; a short unrolled recurrence over the P chunk ends gives the true state entering every
+  chunk; each step then adds C_l · (exp(A ⊗ cumsum Δ) ⊙ entering state), the decay from its
+  chunk's start. Only decay factors in (0, 1] appear (A < 0, Δ >= 0: no division by a cumulative
+  decay, which overflows for realistic Δ). Every operation works on one step's (B, P, N, E)
+  tensors, which stay in cache; single passes over (B, P, K, N, E) tensors measured several times
+  slower per element. The graph is static in the sequence length; the batch stays dynamic. A whole
+  model's graph gets tens of thousands of small nodes (docs/performance.md, Exported runtimes).
 
 Everything around the recurrence (bias, softplus, the D skip, the silu(z) gate) is plain ONNX.
 Only the forward exists: an exported graph is for inference, so tracing must run under
@@ -76,10 +76,14 @@ def _loop(op, u, dt, A, B, C):
     return op.Transpose(y, perm=[1, 2, 0]), last                                  # (B, E, L)
 
 
-def _steps(op, x, n: int, k: int):
-    """(B, X, P*K) -> K per-step tensors (B, P, 1, X): the channel axis innermost, so that every
-    broadcast below runs over contiguous spans of E (onnxruntime is slow on short spans)."""
-    x = op.Reshape(op.Transpose(x, perm=[0, 2, 1]), op.Constant(value_ints=[0, n, k, -1]))  # (B, P, K, X)
+def _chunk_major(op, x, n: int, k: int):
+    """(B, X, P*K) -> (B, P, K, X): the channel axis innermost, so that every broadcast below runs
+    over contiguous spans of E (onnxruntime is slow on short spans)."""
+    return op.Reshape(op.Transpose(x, perm=[0, 2, 1]), op.Constant(value_ints=[0, n, k, -1]))
+
+
+def _steps(op, x, k: int):
+    """(B, P, K, X) -> K per-step tensors (B, P, 1, X)."""
     return op.Split(x, axis=2, num_outputs=k) if k > 1 else [x]
 
 
@@ -94,24 +98,30 @@ def _chunked(op, u, dt, A, B, C, seqlen: int, chunk: int):
         dt, dtu, B, C = (op.Pad(t, pads) for t in (dt, dtu, B, C))
     at = op.Transpose(A, perm=[1, 0])                                               # (N, E)
     col = op.Constant(value_ints=[0, n, -1, 1])
-    dts, dtus = _steps(op, dt, n, k), _steps(op, dtu, n, k)                         # (B, P, 1, E)
-    bs = [op.Reshape(b, col) for b in _steps(op, B, n, k)]                          # (B, P, N, 1)
-    cs = _steps(op, C, n, k)                                                        # (B, P, 1, N)
-    hs, decays = [], []
+    dt, C = _chunk_major(op, dt, n, k), _chunk_major(op, C, n, k)                   # (B, P, K, E|N)
+    dts, dtus = _steps(op, dt, k), _steps(op, _chunk_major(op, dtu, n, k), k)       # (B, P, 1, E)
+    bs = [op.Reshape(b, col) for b in _steps(op, _chunk_major(op, B, n, k), k)]     # (B, P, N, 1)
+    cs = _steps(op, C, k)                                                           # (B, P, 1, N)
+    hs, ys = [], []
     for i in range(k):  # all chunks at once, each from a zero state; states are (B, P, N, E)
-        a = op.Exp(op.Mul(dts[i], at))
         b = op.Mul(bs[i], dtus[i])
-        hs.append(b if i == 0 else op.Add(op.Mul(a, hs[-1]), b))
-        decays.append(a if i == 0 else op.Mul(decays[-1], a))
+        hs.append(b if i == 0 else op.Add(op.Mul(op.Exp(op.Mul(dts[i], at)), hs[-1]), b))
+        ys.append(op.MatMul(cs[i], hs[-1]))                                         # (B, P, 1, E)
+    # Decay from each chunk's start to each of its steps: exp(A ⊗ cumsum Δ), with A < 0 and Δ >= 0,
+    # so the exponent is <= 0 and nothing overflows.
+    cums = _steps(op, op.CumSum(dt, op.Constant(value_int=2)), k)                   # (B, P, 1, E)
     # True state entering each chunk: H_0 = 0, H_p = decay_end[p-1] H_{p-1} + h_end[p-1].
+    dec_last = op.Exp(op.Mul(cums[-1], at))                                         # (B, P, N, E)
     ends = op.Split(hs[-1], axis=1, num_outputs=n) if n > 1 else [hs[-1]]
-    dec_ends = op.Split(decays[-1], axis=1, num_outputs=n) if n > 1 else [decays[-1]]
+    dec_ends = op.Split(dec_last, axis=1, num_outputs=n) if n > 1 else [dec_last]
     entering = [op.Mul(ends[0], op.Constant(value_float=0.0))]
     for p in range(n):
         entering.append(ends[p] if p == 0 else op.Add(op.Mul(dec_ends[p], entering[-1]), ends[p]))
     last = op.Transpose(op.Squeeze(entering[-1], _axes(op, 1)), perm=[0, 2, 1])    # (B, E, N)
     h_in = op.Concat(*entering[:-1], axis=1) if n > 1 else entering[0]              # (B, P, N, E)
-    ys = [op.MatMul(cs[i], op.Add(hs[i], op.Mul(decays[i], h_in))) for i in range(k)]  # (B, P, 1, E)
+    # y_l = C_l · local state + C_l · (decay ⊙ entering state), step by step: each step's tensors
+    # stay in cache (one pass over (B, P, K, N, E) tensors is several times slower per element)
+    ys = [op.Add(ys[i], op.MatMul(cs[i], op.Mul(op.Exp(op.Mul(cums[i], at)), h_in))) for i in range(k)]
     y = op.Concat(*ys, axis=2) if k > 1 else ys[0]                                  # (B, P, K, E)
     y = op.Transpose(op.Reshape(y, op.Constant(value_ints=[0, n * k, -1])), perm=[0, 2, 1])
     if pad:
