@@ -184,8 +184,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     configure_threads(num_workers=0)
     print(run_chat(args.checkpoint, args.question, video=args.video, image=args.image,
-                   llm_dtype=args.llm_dtype,
-                   **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})))
+                   max_new_tokens=args.max_new_tokens, llm_dtype=args.llm_dtype))
     return 0
 
 

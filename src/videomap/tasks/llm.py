@@ -226,8 +226,9 @@ def run_llm_eval(cfg: JobConfig, checkpoint: str | None = None) -> dict[str, Any
 
 
 def run_chat(checkpoint: str, question: str, video: str | None = None, image: str | None = None,
-             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_dtype: str | None = None, device: str = "auto") -> str:
-    """One answer of a saved Video-LLM about a video, an image or neither."""
+             max_new_tokens: int | None = None, llm_dtype: str | None = None, device: str = "auto") -> str:
+    """One answer of a saved Video-LLM about a video, an image or neither (``max_new_tokens``:
+    None = the model's own generation limit)."""
     from ..data.media import load_image, load_video
     from ..llm import VideoLLM
     from ..llm.conversation import build_prompt
@@ -239,6 +240,7 @@ def run_chat(checkpoint: str, question: str, video: str | None = None, image: st
             raise FileNotFoundError(f"{arg}: {path} does not exist")
     if not question.strip():
         raise ValueError("question: expected the text to ask, got an empty string")
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens: expected >= 1, got {max_new_tokens}")
     _saved_model(checkpoint)  # a clear error for a directory that is not a saved Video-LLM
