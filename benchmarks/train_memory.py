@@ -1,7 +1,7 @@
 """Training-step memory of the Mamba backbones against ViTs, with and without the mixer recomputation.
 
     python benchmarks/train_memory.py [--frames 16] [--size 224] [--size-m 224] [--time-frames 16]
-        [--time-size 224] [--repeats 2] [--budget-gb 12] [--out bench_out] [--write-doc]
+        [--time-size 224] [--repeats 2] [--budget-gb 12] [--out bench_out] [--write-doc] [--quick]
 
 Memory: every case (model, mixer path) runs alone in a fresh subprocess under the watchdog of
 ``llm_memory.py``. The model is built, its gradient buffers allocated, one step on a 1-frame
@@ -216,8 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-gb", type=float, default=12.0, help="a case above this is stopped")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--write-doc", action="store_true", help="rewrite the section in docs/performance.md")
+    ap.add_argument("--quick", action="store_true",
+                    help="every case at 2 frames of 32x32, one timed step: a smoke test of the whole run")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: memory:<spec>:<path>:<size>, time, counts
     args = ap.parse_args(argv)
+    if args.quick:
+        if args.write_doc:
+            ap.error("--quick measures nothing worth documenting: drop --write-doc")
+        args.frames = args.time_frames = 2
+        args.size = args.size_m = args.time_size = 32
+        args.repeats = 1
     if args.case:
         if args.case == "time":
             print(json.dumps(time_case(args.time_frames, args.time_size, args.repeats)))

@@ -64,3 +64,22 @@ def test_vs_videomae_quick(tmp_path, capsys):
     assert "| videomap_middle | " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown model"):
         mod.main(["--quick", "--models", "videomae_huge", "--out", str(tmp_path)])
+
+
+def test_train_memory_quick(tmp_path, capsys):
+    """The training-memory benchmark runs every case (each in its own process) and reports them."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_memory.py"
+    spec = importlib.util.spec_from_file_location("train_memory", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "train_memory.json").read_text())
+    cases = {(r["spec"], r["path"]) for r in res["memory"]}
+    assert cases == {case for pair in mod.PAIRS.values() for case in pair}
+    assert all(r["added_mib"] > 0 for r in res["memory"])
+    assert set(res["time"]["step_s"]) == {"new", "old"} and res["time"]["ratio"] > 0
+    assert (tmp_path / "train_memory.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "| tiny | " in out and "| middle | " in out and "step time of videomamba_tiny" in out
+    with pytest.raises(SystemExit):
+        mod.main(["--quick", "--write-doc", "--out", str(tmp_path)])

@@ -34,21 +34,27 @@ def test_export_pt2_runs_and_matches_with_any_batch(tmp_path, saved, capsys):
         assert torch.allclose(program(x), model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,kw", [("videomap_tiny", {}), ("videomamba_tiny", {})])
-def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, kw, capsys):
+@pytest.mark.parametrize("name,scan", [("videomap_tiny", None), ("videomamba_tiny", None),
+                                       ("videomamba_tiny", "loop")])
+def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, scan, capsys):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = tiny_model(name, num_classes=3, **kw).eval()
+    model = tiny_model(name, num_classes=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(out)]) == 0
+    form = [] if scan is None else ["--onnx-scan", scan]
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(out), *form]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["checked_by"] == "onnxruntime" and res["max_abs_diff"] < 1e-4
+    assert res["onnx_scan"] == (scan or "chunked")
     import onnx
 
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
-    assert "Scan" in ops  # the recurrence is a loop in the file, not unrolled
+    # the default unrolls the recurrence into plain tensor ops; "loop" keeps it as an ONNX Scan
+    assert ("Scan" in ops) == (scan == "loop")
+    if scan is None:  # the tracing metadata of the unrolled nodes is dropped
+        assert not any(n.metadata_props for n in proto.graph.node)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, 4, 32, 32)
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
@@ -164,7 +170,7 @@ def test_onnx_loop_form_matches(tmp_path):
     dim, nstate = 6, 4
     module = _Scans(dim, nstate, True, True, True).eval()
     inputs = _scan_inputs(2, dim, nstate, 13, True)
-    run, ops = _onnx_scans(tmp_path, module, inputs)  # the default form
+    run, ops = _onnx_scans(tmp_path, module, inputs, form="loop")
     assert "Scan" in ops
     y, _ = run(*inputs)
     assert np.abs(y - module.reference(*inputs)[0].numpy()).max() < 1e-4
@@ -179,24 +185,29 @@ def test_onnx_translation_rejects_bad_options():
         onnx_translation_table(chunk=0)
 
 
-def test_onnxruntime_softplus_is_torch_softplus():
-    """The chunked graph relies on onnxruntime's Softplus being the stable form (no overflow for
-    large inputs, equal to torch's thresholded softplus)."""
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
+def test_exported_softplus_is_torch_softplus():
+    """The exported Δ = softplus(delta + bias) is the overflow-free form, equal to torch's
+    thresholded softplus from -300 to 300 (evaluated by onnxscript's eager mode)."""
+    pytest.importorskip("onnxruntime")
+    from onnxscript import opset18 as op
 
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Softplus", ["x"], ["y"])], "g", io[:1], io[1:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = torch.tensor([300.0, 100.0, 30.0, 20.5, 20.0, 5.0, 0.0, -5.0, -30.0, -100.0, -300.0])
-    (y,) = session.run(None, {"x": x.numpy()})
+    from videomap.ops.onnx_scan import _prepare
+
+    x = torch.tensor([300.0, 100.0, 30.0, 20.5, 20.0, 5.0, 1e-3, 0.0, -5.0, -30.0, -100.0, -300.0])
+    def run(softplus):  # onnxscript's eager mode returns its own tensor type, holding the array
+        out = _prepare(op, x.numpy(), None, softplus)
+        return np.asarray(getattr(out, "value", out))
+
+    y = run(True)
     assert np.isfinite(y).all()
     assert np.abs(y - torch.nn.functional.softplus(x).numpy()).max() < 1e-6
+    assert np.array_equal(run(False), x.numpy())
 
 
 def test_export_errors_name_the_problem(tmp_path, saved, capsys):
     path, _ = saved
+    assert main(["export", "--checkpoint", path, "--format", "pt2", "--onnx-scan", "loop"]) == 2
+    assert "--onnx-scan applies to --format onnx" in capsys.readouterr().err
     assert main(["export", "--format", "pt2"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing")]) == 2

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="output file, or directory for hf (default: model.<format> or hf/ beside "
                            "the checkpoint)")
             p.add_argument("--labels", help="hf: text file with the class names, one per line (default LABEL_i)")
+            p.add_argument("--onnx-scan", choices=("chunked", "loop"), default=None,
+                           help="onnx: the selective scan as unrolled chunked tensor ops (faster in onnxruntime, "
+                           "a larger file) or as an ONNX Scan loop (default: chunked; docs/performance.md)")
         if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")
@@ -218,7 +221,10 @@ def _extract(cfg: JobConfig, args: argparse.Namespace) -> dict:
 def _export(cfg: JobConfig, args: argparse.Namespace) -> dict:
     from .tasks.export import run_export
 
-    return run_export(cfg, args.checkpoint, args.format, args.out, labels=args.labels)
+    if args.onnx_scan is not None and args.format != "onnx":
+        raise ValueError(f"--onnx-scan applies to --format onnx only, got --format {args.format}")
+    scan = {} if args.onnx_scan is None else {"onnx_scan": args.onnx_scan}
+    return run_export(cfg, args.checkpoint, args.format, args.out, labels=args.labels, **scan)
 
 
 def _llm_train(cfg: JobConfig, args: argparse.Namespace) -> None:

@@ -119,11 +119,12 @@ class VideoSource(Protocol):
     def close(self) -> None: ...
 
 
-def _check_file(path: str) -> None:
+def check_media_file(path: str, kind: str = "video") -> None:
+    """A clear ``VideoDecodeError`` for a missing, directory or empty path before any decoder sees it."""
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file not found")
     if os.path.isdir(path):
-        raise VideoDecodeError(path, "is a directory, expected a video file")
+        raise VideoDecodeError(path, f"is a directory, expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} file")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "zero-byte file")
 
@@ -164,7 +165,7 @@ class PyAVVideoReader:
         self._thread_type = thread_type
         self._pid = os.getpid()
         self.frames_decoded = 0  # diagnostics: frames pulled from the decoder so far
-        _check_file(self.path)
+        check_media_file(self.path)
         self._container, self._pid = None, os.getpid()
         self._open()
         stream = self._stream
@@ -364,7 +365,7 @@ class DecordVideoReader:
         import decord  # optional dependency, imported only when asked for
 
         self.path = os.fspath(path)
-        _check_file(self.path)
+        check_media_file(self.path)
         try:
             self._vr = decord.VideoReader(self.path, num_threads=num_threads, ctx=decord.cpu(0))
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 import torch
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from .decode import IMAGE_EXTENSIONS, VideoDecodeError, open_video
+from .decode import IMAGE_EXTENSIONS, VideoDecodeError, check_media_file, open_video
 from .sampling import sample_clip_indices
 from .transforms import center_crop, normalize, random_hflip, random_resized_crop, resize, resize_short_side
 
@@ -98,12 +98,7 @@ def load_video(path: str | os.PathLike, num_frames: int = 8, img_size: int = 224
 
 def _read_image(path: str) -> torch.Tensor:
     """uint8 ``(H, W, 3)`` RGB; any failure is a ``VideoDecodeError`` naming the file."""
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "file not found")
-    if os.path.isdir(path):
-        raise VideoDecodeError(path, "is a directory, expected an image file")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "zero-byte file")
+    check_media_file(path, "image")
     try:
         if _PILImage is not None:
             import numpy as np

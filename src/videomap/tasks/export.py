@@ -2,9 +2,10 @@
 
 * ``pt2``: ``torch.export`` program (``torch.export.load`` runs it without this package's
   Python code, as long as the operator library is importable: ``import videomap.ops``).
-* ``onnx``: ONNX with the selective scan as an ONNX ``Scan`` loop (or, with
-  ``onnx_scan="chunked"``, in plain tensor ops, chunked and unrolled; :mod:`videomap.ops.onnx_scan`);
-  checked with onnxruntime when it is installed.
+* ``onnx``: ONNX with the selective scan in plain tensor ops, chunked and unrolled (or, with
+  ``onnx_scan="loop"``, as an ONNX ``Scan`` loop: a small graph that onnxruntime runs about half
+  as fast; :mod:`videomap.ops.onnx_scan`, docs/performance.md); checked with onnxruntime when it
+  is installed.
 * ``hf``: a transformers model directory (``config.json``, ``model.safetensors``, the
   ``video_preprocessor_config.json`` of :class:`videomap.data.video_processor.VideoMAPVideoProcessor`
   and the modules ``trust_remote_code=True`` imports), checked by loading it back; see
@@ -39,11 +40,11 @@ def _example(model, batch: int, seed: int = 0) -> torch.Tensor:
 
 def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: str | None = None,
                check_batch: int = 3, labels: str | None = None,
-               onnx_scan: OnnxScanForm = "loop") -> dict[str, Any]:
+               onnx_scan: OnnxScanForm = "chunked") -> dict[str, Any]:
     """Export and verify; returns the path, the largest output difference on a fresh input of
     ``check_batch`` clips (the traced example had two: tracing with one would fix the batch at 1),
     and what checked it. ``labels`` (``hf`` only): a text file with one class name per line.
-    ``onnx_scan``: how the ONNX file computes the selective scan (``"loop"`` or ``"chunked"``, see
+    ``onnx_scan``: how the ONNX file computes the selective scan (``"chunked"`` or ``"loop"``, see
     :mod:`videomap.ops.onnx_scan`)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
@@ -81,6 +82,11 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
             program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes={"video": {0: batch}},
                                         custom_translation_table=table, verbose=False,
                                         optimize=onnx_scan != "chunked")
+            if onnx_scan == "chunked":
+                # each of the tens of thousands of unrolled nodes carries about 1 KB of tracing
+                # metadata (stack trace, FX node); dropping it more than halves the file
+                for node in program.model.graph.all_nodes():
+                    node.metadata_props.clear()
             program.save(out)
             got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1))
     result = {"path": os.path.abspath(out), "format": fmt, "seconds": round(time.time() - t0, 1),
