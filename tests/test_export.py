@@ -35,9 +35,13 @@ def test_export_pt2_runs_and_matches_with_any_batch(tmp_path, saved, capsys):
 
 
 @pytest.mark.parametrize("name,scan", [("videomap_tiny", None), ("videomamba_tiny", None),
-                                       ("videomamba_tiny", "loop")])
+                                       ("videomamba_tiny", "loop"), ("videomap_tiny", "kernel")])
 def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, scan, capsys):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    if scan == "kernel":
+        _needs_compiler()
+    from videomap.ops.onnx_runtime import inference_session, uses_custom_ops
+
     torch.manual_seed(0)
     model = tiny_model(name, num_classes=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
@@ -55,7 +59,8 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, scan, capsys
     assert ("Scan" in ops) == (scan == "loop")
     if scan is None:  # the tracing metadata of the unrolled nodes is dropped
         assert not any(n.metadata_props for n in proto.graph.node)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert uses_custom_ops(out) == (scan == "kernel")
+    session = inference_session(out)
     x = torch.randn(3, 3, 4, 32, 32)
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
@@ -117,12 +122,70 @@ def _onnx_scans(tmp_path, module, inputs, **table):
                                     custom_translation_table=onnx_translation_table(**table))
     path = tmp_path / "scan.onnx"
     program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from videomap.ops.onnx_runtime import inference_session
+
+    session = inference_session(path)  # registers the custom-operator library for the kernel form
+    assert isinstance(session, ort.InferenceSession)
     import onnx
 
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
     return (lambda *xs: session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})), ops
+
+
+def _needs_compiler():
+    from videomap.ops.cpu_build import find_compiler
+
+    if find_compiler() is None:
+        pytest.skip("no C compiler: the onnxruntime operator library cannot be built")
+
+
+@pytest.mark.parametrize("seqlen,with_z,d,bias,softplus,nstate", [
+    (37, True, True, True, True, 4),
+    (37, False, False, False, False, 4),   # no z / D / bias: absent optional inputs of the node
+    (70, True, True, True, True, 20),      # N padded to two state vectors, more than one kernel chunk
+])
+def test_onnx_kernel_scan_matches_the_sequential_reference(tmp_path, seqlen, with_z, d, bias, softplus, nstate):
+    """The custom node, run by the C kernel inside onnxruntime, equals the float64 reference."""
+    _needs_compiler()
+    dim = 6
+    module = _Scans(dim, nstate, d, bias, softplus).eval()
+    inputs = _scan_inputs(2, dim, nstate, seqlen, with_z)
+    if not softplus:
+        inputs = (inputs[0], inputs[1].abs()) + inputs[2:]
+    run, ops = _onnx_scans(tmp_path, module, inputs, form="kernel")
+    assert "SelectiveScan" in ops and not ops & {"Scan", "Loop", "Exp"}
+    fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)
+    if not softplus:
+        fresh = (fresh[0], fresh[1].abs()) + fresh[2:]
+    y, last = run(*fresh)
+    want_y, want_last = module.reference(*fresh)
+    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
+    assert np.abs(last - want_last.numpy()).max() < 1e-4 * max(1.0, float(want_last.abs().max()))
+
+
+def test_onnx_kernel_node_rejects_inconsistent_shapes():
+    """A hand-made graph feeding the node mismatched shapes gets onnxruntime's error with ours inside."""
+    _needs_compiler()
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from videomap.ops.onnx_runtime import session_options
+
+    names = ["u", "delta", "A", "B", "C"]
+    node = helper.make_node("SelectiveScan", names, ["y", "last"], domain="videomap", softplus=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "last")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("videomap", 1)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    ok = {"u": np.ones((1, 3, 5), np.float32), "delta": np.ones((1, 3, 5), np.float32),
+          "A": -np.ones((3, 2), np.float32), "B": np.ones((1, 2, 5), np.float32), "C": np.ones((1, 2, 5), np.float32)}
+    y, last = session.run(None, ok)
+    assert y.shape == (1, 3, 5) and last.shape == (1, 3, 2) and np.isfinite(y).all()
+    with pytest.raises(Exception, match="inconsistent shapes"):
+        session.run(None, {**ok, "B": np.ones((1, 2, 4), np.float32)})
+    with pytest.raises(Exception, match="expected u"):
+        session.run(None, {**ok, "A": np.ones((3,), np.float32)})
 
 
 @pytest.mark.parametrize("seqlen,chunk,with_z,d,bias,softplus", [

@@ -47,9 +47,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="output file, or directory for hf (default: model.<format> or hf/ beside "
                            "the checkpoint)")
             p.add_argument("--labels", help="hf: text file with the class names, one per line (default LABEL_i)")
-            p.add_argument("--onnx-scan", choices=("chunked", "loop"), default=None,
-                           help="onnx: the selective scan as unrolled chunked tensor ops (faster in onnxruntime, "
-                           "a larger file) or as an ONNX Scan loop (default: chunked; docs/performance.md)")
+            p.add_argument("--onnx-scan", choices=("chunked", "loop", "kernel"), default=None,
+                           help="onnx: the selective scan as unrolled chunked tensor ops (default), as an ONNX "
+                           "Scan loop (smaller, slower), or as videomap's onnxruntime custom operator (eager "
+                           "speed; needs videomap.ops.onnx_runtime's library at run time); docs/performance.md")
         if name in ("evaluate", "extract", "export"):
             p.add_argument("--checkpoint", help="weights file, or a save_pretrained directory (its config.json "
                            "gives the model unless the job names one)")

@@ -148,11 +148,11 @@ def _tmp_root() -> Path:
     return Path(tempfile.gettempdir()) / f"videomap-kernels-{uid}"
 
 
-def _build_in(root: Path, cc: str, cc_id: str, source: Path, src_bytes: bytes) -> KernelLib:
+def _build_in(root: Path, cc: str, cc_id: str, source: Path, src_bytes: bytes, lib_name: str) -> KernelLib:
     """Reuse or build under one cache root; raises KernelUnavailable (compiler) or OSError (files)."""
     compile_errors: list[str] = []
     for flags in _FLAG_SETS:
-        dest = root / _build_key(src_bytes, flags, cc_id) / LIB_NAME
+        dest = root / _build_key(src_bytes, flags, cc_id) / lib_name
         # A cached file is reused as is; if it does not load (truncated by a crash, foreign ABI),
         # it is rebuilt under a fresh temp name and renamed over: no lock is needed because the
         # final name only ever points at a complete file.
@@ -174,22 +174,25 @@ def _build_in(root: Path, cc: str, cc_id: str, source: Path, src_bytes: bytes) -
     raise KernelUnavailable("; ".join(compile_errors[-2:]))
 
 
-def build(cache_dir: str | os.PathLike | None = None, source: Path = SOURCE) -> KernelLib:
+def build(cache_dir: str | os.PathLike | None = None, source: Path = SOURCE, lib_name: str = LIB_NAME) -> KernelLib:
     """Compile (or reuse from the cache) and load the kernel; raises KernelUnavailable.
 
     Without ``cache_dir`` the cache root is ``cache_root()``, with a per-user temp directory as
-    a second choice when that one is not writable.
+    a second choice when that one is not writable. ``source``/``lib_name``: another library
+    built around the kernel (the onnxruntime operator includes ``selective_scan.c``, so every C
+    file beside the kernel is part of the cache key).
     """
     cc = find_compiler()
     if cc is None:
         raise KernelUnavailable("no C compiler found (set $CC or install gcc)")
-    src_bytes = source.read_bytes()
+    src_bytes = source.read_bytes() + b"".join(p.read_bytes() for p in sorted(SOURCE.parent.glob("*.c"))
+                                                if p != source)
     cc_id = _compiler_id(cc)
     roots = [Path(cache_dir)] if cache_dir is not None else [cache_root(), _tmp_root()]
     errors: list[str] = []
     for root in roots:
         try:
-            return _build_in(root, cc, cc_id, source, src_bytes)
+            return _build_in(root, cc, cc_id, source, src_bytes, lib_name)
         except OSError as exc:  # unwritable cache, unloadable library: try the next root
             errors.append(f"{root}: {exc}")
     raise KernelUnavailable("; ".join(errors))

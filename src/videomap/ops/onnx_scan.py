@@ -14,8 +14,12 @@ Two forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = 
   model's graph gets tens of thousands of small nodes (docs/performance.md, Exported runtimes).
 * ``"loop"``: an ONNX ``Scan`` whose body is one step (:mod:`._onnx_scan_fn`). A small graph;
   onnxruntime runs the body once per token, about half as fast as the chunked form.
+* ``"kernel"``: one custom node ``videomap::SelectiveScan`` per scan (with the D skip and the
+  silu(z) gate), run by the same C kernel as eager PyTorch once onnxruntime has the library of
+  :mod:`.onnx_runtime` registered: eager speed, but only in onnxruntime with that library.
 
-Everything around the recurrence (bias, softplus, the D skip, the silu(z) gate) is plain ONNX.
+In the plain forms everything around the recurrence (bias, softplus, the D skip, the silu(z)
+gate) is plain ONNX.
 Only the forward exists: an exported graph is for inference, so tracing must run under
 ``torch.no_grad()`` (:func:`videomap.tasks.export.run_export` does).
 
@@ -27,8 +31,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-OnnxScanForm = Literal["chunked", "loop"]
-FORMS: tuple[str, ...] = ("chunked", "loop")
+OnnxScanForm = Literal["chunked", "loop", "kernel"]
+FORMS: tuple[str, ...] = ("chunked", "loop", "kernel")
 DEFAULT_CHUNK = 32
 
 
@@ -133,6 +137,27 @@ def _chunked(op, u, dt, A, B, C, seqlen: int, chunk: int):
     return y, last
 
 
+@functools.cache
+def _kernel_op():
+    """The custom operator as an onnxscript op (its schema says what the node takes and gives)."""
+    import onnx
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    from .onnx_runtime import DOMAIN, OP_TYPE
+
+    param, single, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Single, \
+        OpSchema.FormalParameterOption.Optional
+    inputs = [param(name, "T", param_option=single) for name in ("u", "delta", "A", "B", "C")]
+    inputs += [param(name, "T", param_option=optional) for name in ("D", "z", "delta_bias")]
+    schema = OpSchema(
+        OP_TYPE, DOMAIN, 1, inputs=inputs, outputs=[param("y", "T"), param("last_state", "T")],
+        type_constraints=[("T", ["tensor(float)"], "fp32 tensors")],
+        attributes=[OpSchema.Attribute("softplus", onnx.helper.make_attribute("softplus", 0),
+                                       "1: delta = softplus(delta + delta_bias)")])
+    return onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, 1), OP_TYPE, op_schema=schema)
+
+
 def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save_carries: bool = False, *,
                form: str = "chunked", chunk: int = DEFAULT_CHUNK):
     """``videomap::selective_scan_fwd`` in ONNX ops (traced: Python ``if`` picks the optional parts)."""
@@ -140,6 +165,9 @@ def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save
 
     if save_carries:
         raise ValueError("ONNX export of the selective scan is inference only: trace under torch.no_grad()")
+    if form == "kernel":
+        y, last = _kernel_op()(u, delta, A, B, C, D, z, delta_bias, softplus=int(softplus))
+        return y, last, op.ConstantOfShape(_axes(op, 0))
     dt = _prepare(op, delta, delta_bias, softplus)
     if form == "chunked":
         y, last = _chunked(op, u, dt, A, B, C, _static_len(u), chunk)
@@ -151,9 +179,10 @@ def _translate(u, delta, A, B, C, D, z, delta_bias, softplus: bool = False, save
 def onnx_translation_table(form: OnnxScanForm = "chunked", chunk: int = DEFAULT_CHUNK) -> dict[Any, Any]:
     """``custom_translation_table`` for :func:`torch.onnx.export` covering videomap's operators.
 
-    ``form``: ``"chunked"`` (unrolled closed form, no loop node; see the module docstring) or
-    ``"loop"`` (ONNX ``Scan``, small graph); ``chunk``: steps per chunk of the chunked form (16-64:
-    fewer means more chunk-carry nodes, more means more unrolled steps)."""
+    ``form``: ``"chunked"`` (unrolled closed form, no loop node; see the module docstring),
+    ``"loop"`` (ONNX ``Scan``, small graph) or ``"kernel"`` (a custom node for onnxruntime with
+    :func:`videomap.ops.onnx_runtime.custom_ops_library` registered); ``chunk``: steps per chunk
+    of the chunked form (16-64: fewer means more chunk-carry nodes, more means more unrolled steps)."""
     import torch
 
     from . import scan_op  # noqa: F401  (registers the operator)

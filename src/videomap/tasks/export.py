@@ -4,8 +4,9 @@
   Python code, as long as the operator library is importable: ``import videomap.ops``).
 * ``onnx``: ONNX with the selective scan in plain tensor ops, chunked and unrolled (or, with
   ``onnx_scan="loop"``, as an ONNX ``Scan`` loop: a small graph that onnxruntime runs about half
-  as fast; :mod:`videomap.ops.onnx_scan`, docs/performance.md); checked with onnxruntime when it
-  is installed.
+  as fast; with ``onnx_scan="kernel"``, as a custom node that onnxruntime runs at eager speed
+  once :mod:`videomap.ops.onnx_runtime` has registered its library; :mod:`videomap.ops.onnx_scan`,
+  docs/performance.md); checked with onnxruntime when it is installed.
 * ``hf``: a transformers model directory (``config.json``, ``model.safetensors``, the
   ``video_preprocessor_config.json`` of :class:`videomap.data.video_processor.VideoMAPVideoProcessor`
   and the modules ``trust_remote_code=True`` imports), checked by loading it back; see
@@ -44,8 +45,8 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
     """Export and verify; returns the path, the largest output difference on a fresh input of
     ``check_batch`` clips (the traced example had two: tracing with one would fix the batch at 1),
     and what checked it. ``labels`` (``hf`` only): a text file with one class name per line.
-    ``onnx_scan``: how the ONNX file computes the selective scan (``"chunked"`` or ``"loop"``, see
-    :mod:`videomap.ops.onnx_scan`)."""
+    ``onnx_scan``: how the ONNX file computes the selective scan (``"chunked"``, ``"loop"`` or
+    ``"kernel"``, see :mod:`videomap.ops.onnx_scan`)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if checkpoint is None:
@@ -88,7 +89,7 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
                 for node in program.model.graph.all_nodes():
                     node.metadata_props.clear()
             program.save(out)
-            got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1))
+            got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1), onnx_scan == "kernel")
     result = {"path": os.path.abspath(out), "format": fmt, "seconds": round(time.time() - t0, 1),
               "checked_by": checked_by}
     if fmt == "onnx":
@@ -101,13 +102,24 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
     return result
 
 
-def _run_onnxruntime(path: str, x: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+def _run_onnxruntime(path: str, x: torch.Tensor, custom_ops: bool) -> tuple[torch.Tensor | None, str]:
     try:
         import onnxruntime as ort
     except ImportError:
         log.warning("onnxruntime is not installed: the ONNX file was written but not run")
         return None, "none (onnxruntime missing)"
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    if custom_ops:
+        from ..ops.cpu_build import KernelUnavailable
+        from ..ops.onnx_runtime import session_options
+
+        try:
+            opts = session_options()
+        except KernelUnavailable as e:
+            raise ValueError(f"--onnx-scan kernel: the onnxruntime operator library could not be built ({e}); "
+                             "export with --onnx-scan chunked instead") from e
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    else:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(y), "onnxruntime"
 

@@ -299,25 +299,17 @@ ALWAYS_INLINE uint16_t f32_to_bf16(float f) {
  * rows, converted a chunk at a time into fp32 buffers on the stack, so a bf16 model feeds the
  * scan without full-size fp32 copies; the scan itself is fp32 either way.  Returns 0, or a
  * negative code. */
-static int scan_fwd(const void *u, const void *delta, const float *A, const float *Bt, const float *Ct,
-                    const float *D, const void *z, const float *delta_bias, int softplus, int64_t nbatch,
-                    int64_t E, int64_t L, int64_t NP, void *out, float *last, float *carries, int nthreads,
-                    int bf16_io) {
-    if (NP <= 0 || NP % VW != 0 || NP / VW > NBMAX) return -2;
+/* The forward for channels [e0, e1) of every batch element, on one thread; ``state`` holds E rows
+ * of NP floats, of which this call uses rows e0..e1-1 (callers running ranges in parallel share
+ * it).  NP must be a valid padded state size (checked by the callers). */
+static void scan_fwd_rows(const void *u, const void *delta, const float *A, const float *Bt, const float *Ct,
+                          const float *D, const void *z, const float *delta_bias, int softplus, int64_t nbatch,
+                          int64_t E, int64_t L, int64_t NP, void *out, float *last, float *carries, int bf16_io,
+                          int64_t e0, int64_t e1, float *state) {
     const int nb = (int)(NP / VW);
     const int64_t nch = (L + CHUNK - 1) / CHUNK;
-    float *state = xalloc((size_t)(E > 0 ? E : 1) * NP * sizeof(float));
-    if (!state) return -1;
-    const int nt = thread_count(nthreads);
-    (void)nt;
-#pragma omp parallel num_threads(nt)
+    (void)E;
     {
-#ifdef _OPENMP
-        const int T = omp_get_num_threads(), tid = omp_get_thread_num();
-#else
-        const int T = 1, tid = 0;
-#endif
-        const int64_t e0 = E * tid / T, e1 = E * (tid + 1) / T;
         float ub[CHUNK], db[CHUNK], zb[CHUNK], ob[CHUNK]; /* fp32 rows of one chunk (bf16_io) */
         for (int64_t b = 0; b < nbatch; b++) {
             memset(state + e0 * NP, 0, (size_t)(e1 - e0) * NP * sizeof(float));
@@ -365,6 +357,27 @@ static int scan_fwd(const void *u, const void *delta, const float *A, const floa
             if (last)
                 memcpy(last + (b * E + e0) * NP, state + e0 * NP, (size_t)(e1 - e0) * NP * sizeof(float));
         }
+    }
+}
+
+static int scan_fwd(const void *u, const void *delta, const float *A, const float *Bt, const float *Ct,
+                    const float *D, const void *z, const float *delta_bias, int softplus, int64_t nbatch,
+                    int64_t E, int64_t L, int64_t NP, void *out, float *last, float *carries, int nthreads,
+                    int bf16_io) {
+    if (NP <= 0 || NP % VW != 0 || NP / VW > NBMAX) return -2;
+    float *state = xalloc((size_t)(E > 0 ? E : 1) * NP * sizeof(float));
+    if (!state) return -1;
+    const int nt = thread_count(nthreads);
+    (void)nt;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int T = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+        const int T = 1, tid = 0;
+#endif
+        scan_fwd_rows(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, nbatch, E, L, NP, out, last, carries,
+                      bf16_io, E * tid / T, E * (tid + 1) / T, state);
     }
     free(state);
     return 0;
