@@ -31,8 +31,8 @@ the scan's element-wise kernels (Mul, Exp, Add, the per-step MatMul with C, the 
 about 70 % of onnxruntime's kernel time (`SessionOptions.enable_profiling`, one profiled run of
 this model on 2 threads), the projections, convolutions and norms the rest. The per-scan table
 isolates the scan: a single `Exp` over the (L, N, E) decays, the least any plain-ONNX form must
-do, costs a sizeable share of the whole fused scan, and the chunked form does about ten such
-passes. Timings on a shared 2-core machine move by 10-20 % between runs; ratios from one run,
+do, costs nearly as much as the whole fused scan, and the chunked form does about ten such
+passes. Timings on a shared 2-core machine move by 10-40 % between runs; ratios from one run,
 with the runtimes taking turns, are the numbers to compare."""
 
 

@@ -133,6 +133,19 @@ def _onnx_scans(tmp_path, module, inputs, **table):
     return (lambda *xs: session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})), ops
 
 
+def _matches_reference_on_a_new_batch(run, module, dim, nstate, seqlen, with_z, softplus):
+    """Run the exported scans on a batch size other than the traced one and compare y and the last
+    state with the float64 reference; returns the inputs and y."""
+    fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)
+    if not softplus:
+        fresh = (fresh[0], fresh[1].abs()) + fresh[2:]  # Δ must be >= 0 without softplus
+    y, last = run(*fresh)
+    want_y, want_last = module.reference(*fresh)
+    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
+    assert np.abs(last - want_last.numpy()).max() < 1e-4 * max(1.0, float(want_last.abs().max()))
+    return fresh, y
+
+
 def _needs_compiler():
     from videomap.ops.cpu_build import find_compiler
 
@@ -155,13 +168,7 @@ def test_onnx_kernel_scan_matches_the_sequential_reference(tmp_path, seqlen, wit
         inputs = (inputs[0], inputs[1].abs()) + inputs[2:]
     run, ops = _onnx_scans(tmp_path, module, inputs, form="kernel")
     assert "SelectiveScan" in ops and not ops & {"Scan", "Loop", "Exp"}
-    fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)
-    if not softplus:
-        fresh = (fresh[0], fresh[1].abs()) + fresh[2:]
-    y, last = run(*fresh)
-    want_y, want_last = module.reference(*fresh)
-    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
-    assert np.abs(last - want_last.numpy()).max() < 1e-4 * max(1.0, float(want_last.abs().max()))
+    _matches_reference_on_a_new_batch(run, module, dim, nstate, seqlen, with_z, softplus)
 
 
 def test_onnx_kernel_node_rejects_inconsistent_shapes():
@@ -203,13 +210,7 @@ def test_onnx_chunked_scan_matches_the_sequential_reference(tmp_path, seqlen, ch
         inputs = (inputs[0], inputs[1].abs()) + inputs[2:]  # Δ must be >= 0 without softplus
     run, ops = _onnx_scans(tmp_path, module, inputs, form="chunked", chunk=chunk)
     assert not ops & {"Scan", "Loop"}
-    fresh = _scan_inputs(3, dim, nstate, seqlen, with_z, seed=5)  # another batch size than traced
-    if not softplus:
-        fresh = (fresh[0], fresh[1].abs()) + fresh[2:]
-    y, last = run(*fresh)
-    want_y, want_last = module.reference(*fresh)
-    assert np.abs(y - want_y.numpy()).max() < 1e-4 * max(1.0, float(want_y.abs().max()))
-    assert np.abs(last - want_last.numpy()).max() < 1e-4 * max(1.0, float(want_last.abs().max()))
+    fresh, y = _matches_reference_on_a_new_batch(run, module, dim, nstate, seqlen, with_z, softplus)
     with torch.no_grad():
         eager_y, _ = module(*fresh)
     assert np.abs(y - eager_y.numpy()).max() < 1e-4 * max(1.0, float(eager_y.abs().max()))

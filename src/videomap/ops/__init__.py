@@ -1,6 +1,7 @@
 """Low-level operators: the Mamba-1 selective scan (fast C kernel on CPU, mamba_ssm on CUDA,
 chunked PyTorch fallback everywhere else; :func:`.scan_op.choose_backend` alone decides which),
-its sequential reference, its ONNX translation, and Mamba's causal convolution + SiLU.
+its sequential reference, its ONNX translation and onnxruntime custom operator
+(:mod:`.onnx_runtime`), and Mamba's causal convolution + SiLU.
 
 Importing this package registers ``torch.ops.videomap.selective_scan_fwd`` / ``_bwd`` (see
 :mod:`.scan_op`), which is what a loaded ``torch.export`` program of a model calls."""

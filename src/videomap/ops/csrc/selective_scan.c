@@ -185,6 +185,13 @@ ALWAYS_INLINE vf rowsum16(const float *m) {
 #endif
 }
 
+/* Team size and this thread's index inside an OpenMP parallel region (1 and 0 without OpenMP). */
+#ifdef _OPENMP
+#define TEAM_POSITION(T, tid) const int T = omp_get_num_threads(), tid = omp_get_thread_num()
+#else
+#define TEAM_POSITION(T, tid) const int T = 1, tid = 0
+#endif
+
 static void *xalloc(size_t nbytes) {
     size_t n = (nbytes + 63) / 64 * 64;
     return aligned_alloc(64, n ? n : 64);
@@ -371,11 +378,7 @@ static int scan_fwd(const void *u, const void *delta, const float *A, const floa
     (void)nt;
 #pragma omp parallel num_threads(nt)
     {
-#ifdef _OPENMP
-        const int T = omp_get_num_threads(), tid = omp_get_thread_num();
-#else
-        const int T = 1, tid = 0;
-#endif
+        TEAM_POSITION(T, tid);
         scan_fwd_rows(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, nbatch, E, L, NP, out, last, carries,
                       bf16_io, E * tid / T, E * (tid + 1) / T, state);
     }
@@ -580,11 +583,7 @@ int vm_scan_bwd(const float *u, const float *delta, const float *A, const float 
     if (!failed) {
 #pragma omp parallel num_threads(nt)
         {
-#ifdef _OPENMP
-            const int T = omp_get_num_threads(), tid = omp_get_thread_num();
-#else
-            const int T = 1, tid = 0;
-#endif
+            TEAM_POSITION(T, tid);
             const int64_t e0 = E * tid / T, e1 = E * (tid + 1) / T;
             const size_t cbytes = (size_t)CHUNK * NP * sizeof(float);
             float *Hbuf = xalloc(cbytes), *Abuf = xalloc(cbytes);
