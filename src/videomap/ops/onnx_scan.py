@@ -1,6 +1,6 @@
 """ONNX translation of the selective-scan operator, for ``torch.onnx.export(dynamo=True)``.
 
-Two forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = C_l · h_l:
+Three forms of the recurrence h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l, y_l = C_l · h_l:
 
 * ``"chunked"`` (default): plain tensor ops, no loop node. The (static) sequence is padded to P chunks of K
   steps (Δ = 0 after softplus in the padding: decay 1, input 0). All P chunks advance together,
