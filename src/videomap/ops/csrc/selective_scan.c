@@ -315,7 +315,6 @@ static void scan_fwd_rows(const void *u, const void *delta, const float *A, cons
                           int64_t e0, int64_t e1, float *state) {
     const int nb = (int)(NP / VW);
     const int64_t nch = (L + CHUNK - 1) / CHUNK;
-    (void)E;
     {
         float ub[CHUNK], db[CHUNK], zb[CHUNK], ob[CHUNK]; /* fp32 rows of one chunk (bf16_io) */
         for (int64_t b = 0; b < nbatch; b++) {
