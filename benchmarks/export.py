@@ -68,7 +68,10 @@ def time_one_scan(model, x, forms: list[str], repeats: int, tmp: Path) -> tuple[
     from videomap.ops.onnx_runtime import inference_session
     from videomap.ops.onnx_scan import onnx_translation_table
 
-    mixer = model.layers[0].mixer
+    layers = getattr(model, "layers", None)
+    mixer = getattr(layers[0], "mixer", None) if layers else None
+    if mixer is None:
+        return f"({type(model).__name__} has no selective scan: no per-scan table)", {}
     dim, nstate, seen = mixer.d_inner, mixer.d_state, []
     hook = mixer.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
     with torch.no_grad():
