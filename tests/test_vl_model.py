@@ -281,8 +281,9 @@ def test_mlm_predicts_through_the_video_conditioned_fusion_layers(bert_dir):
     assert abs(float(loss) - float(other)) > 1e-3  # the prediction depends on the video (float noise: ~1e-7)
 
 
-def test_uta_aligns_visible_tokens_to_the_teacher(bert_dir):
-    model = make_model(bert_dir, vtc=0.0, vtm=0.0, mlm=0.0)  # pixel teacher, attention masking at 50%
+def _uta_case(model):
+    """One batch's UTA loss and, under the same seed, what it is computed from: the clip, the
+    teacher's attention mask and the aligned targets (the patches' mean, then the visible patches)."""
     video, ids, am = batch(model, 2)
     clip = model._as_clip(video)
     with torch.no_grad():
@@ -291,10 +292,17 @@ def test_uta_aligns_visible_tokens_to_the_teacher(bert_dir):
         torch.manual_seed(5)
         tout = model.teacher(clip, (2, 2))
         mask = model.maskers["video"](2, (4, 2, 2), attn=tout.attn)
+    patches = tout.patch.reshape(2, 16, -1)
+    targets = torch.cat([patches.mean(1, keepdim=True), patches[~mask].reshape(2, 8, -1)], dim=1)
+    return (video, ids, am), clip, loss, mask, targets
+
+
+def test_uta_aligns_visible_tokens_to_the_teacher(bert_dir):
+    model = make_model(bert_dir, vtc=0.0, vtm=0.0, mlm=0.0)  # pixel teacher, attention masking at 50%
+    _, clip, loss, mask, targets = _uta_case(model)
+    with torch.no_grad():
         student = model.uta_head(model.video_encoder.forward_features(clip, mask), mask)
     assert mask.reshape(2, 4, 4).sum(-1).eq(2).all()  # 2 of 4 patches hidden in every frame
-    targets = tout.patch.reshape(2, 16, -1)[~mask].reshape(2, 8, -1)
-    targets = torch.cat([tout.patch.reshape(2, 16, -1).mean(1, keepdim=True), targets], dim=1)
     cos = F.cosine_similarity(student, targets, dim=-1)
     assert student.shape == (2, 1 + 8, 3 * 16 * 16)
     assert torch.allclose(loss, (2 - 2 * cos).mean(), atol=1e-5)
@@ -482,19 +490,11 @@ def test_uta_student_point_is_the_stream_before_the_last_block(bert_dir):
     the second-to-last block (the authors' ``x_clip_vis.append(residual)``), so the last block and
     the final norm get no alignment gradient; the default aligns the normalised output."""
     model = make_model(bert_dir, vtc=0.0, vtm=0.0, mlm=0.0, uta_student="pre_last_block")
-    video, ids, am = batch(model, 2)
-    clip = model._as_clip(video)
+    (video, ids, am), clip, loss, mask, targets = _uta_case(model)
     with torch.no_grad():
-        torch.manual_seed(5)
-        loss = model(video, ids, am)["uta"]
-        torch.manual_seed(5)
-        tout = model.teacher(clip, (2, 2))
-        mask = model.maskers["video"](2, (4, 2, 2), attn=tout.attn)
         stream = model.video_encoder.forward_intermediates(clip, [-2], mask=mask, intermediates_only=True)[0]
         student = model.uta_head(stream, mask)
         output = model.uta_head(model.video_encoder.forward_features(clip, mask), mask)
-    targets = tout.patch.reshape(2, 16, -1)[~mask].reshape(2, 8, -1)
-    targets = torch.cat([tout.patch.reshape(2, 16, -1).mean(1, keepdim=True), targets], dim=1)
     assert torch.allclose(loss, (2 - 2 * F.cosine_similarity(student, targets, dim=-1)).mean(), atol=1e-5)
     assert not torch.allclose(loss, (2 - 2 * F.cosine_similarity(output, targets, dim=-1)).mean(), atol=1e-3)
     model.train()
