@@ -89,7 +89,7 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
                 for node in program.model.graph.all_nodes():
                     node.metadata_props.clear()
             program.save(out)
-            got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1), onnx_scan == "kernel")
+            got, checked_by = _run_onnxruntime(out, _example(model, check_batch, seed=1))
     result = {"path": os.path.abspath(out), "format": fmt, "seconds": round(time.time() - t0, 1),
               "checked_by": checked_by}
     if fmt == "onnx":
@@ -102,24 +102,20 @@ def run_export(cfg: JobConfig, checkpoint: str, fmt: ExportFormat = "pt2", out: 
     return result
 
 
-def _run_onnxruntime(path: str, x: torch.Tensor, custom_ops: bool) -> tuple[torch.Tensor | None, str]:
+def _run_onnxruntime(path: str, x: torch.Tensor) -> tuple[torch.Tensor | None, str]:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         log.warning("onnxruntime is not installed: the ONNX file was written but not run")
         return None, "none (onnxruntime missing)"
-    if custom_ops:
-        from ..ops.cpu_build import KernelUnavailable
-        from ..ops.onnx_runtime import session_options
+    from ..ops.cpu_build import KernelUnavailable
+    from ..ops.onnx_runtime import inference_session
 
-        try:
-            opts = session_options()
-        except KernelUnavailable as e:
-            raise ValueError(f"--onnx-scan kernel: the onnxruntime operator library could not be built ({e}); "
-                             "export with --onnx-scan chunked instead") from e
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    else:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = inference_session(path)  # registers the operator library when the file needs it
+    except KernelUnavailable as e:
+        raise ValueError(f"--onnx-scan kernel: the onnxruntime operator library could not be built ({e}); "
+                         "export with --onnx-scan chunked instead") from e
     (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(y), "onnxruntime"
 
